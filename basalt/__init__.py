@@ -1,0 +1,1 @@
+"""basalt: the common library every service shares (contracts, bus, config, logging, metrics)."""

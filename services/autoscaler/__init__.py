@@ -1,0 +1,1 @@
+"""basalt autoscaler service (see its issue; not built yet)."""

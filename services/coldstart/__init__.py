@@ -1,0 +1,1 @@
+"""basalt coldstart service (see its issue; not built yet)."""

@@ -1,0 +1,1 @@
+"""basalt mcm service (see its issue; not built yet)."""

@@ -1,0 +1,1 @@
+"""basalt router service (see its issue; not built yet)."""

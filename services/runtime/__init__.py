@@ -1,0 +1,1 @@
+"""basalt runtime: one replica = one model in one engine, served over gRPC; KV events on NATS."""
