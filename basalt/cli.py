@@ -1,0 +1,69 @@
+"""The `basalt` command: runs services, builds the tiny model, runs benchmarks (does I/O)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+USAGE = """basalt <command> [args]
+
+commands:
+  runtime            run one replica (basalt runtime --help)
+  make-tiny-model    build the tiny test model (random weights, local tokenizer) into DIR
+  bench              run a benchmark: basalt bench {runtime,index,routing} --help
+  up                 start the local stack (basalt up --help)
+"""
+
+
+def _make_tiny_model(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="basalt make-tiny-model")
+    parser.add_argument("dir", type=Path, help="where to write the model")
+    ns = parser.parse_args(args)
+    from basalt.tinymodel import make_tiny_model
+
+    print(make_tiny_model(ns.dir))
+    return 0
+
+
+def _bench(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: basalt bench {runtime,index,routing} [--help]")
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name == "runtime":
+        from bench.runtime import main as bench_main
+    elif name == "index":
+        from bench.index_micro import main as bench_main
+    elif name == "routing":
+        from bench.routing import main as bench_main
+    else:
+        print(f"basalt bench: unknown benchmark {name!r}", file=sys.stderr)
+        return 2
+    return int(bench_main(rest) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    cmd, rest = args[0], args[1:]
+    if cmd == "runtime":
+        from services.runtime.main import main as runtime_main
+
+        return runtime_main(rest)
+    if cmd == "make-tiny-model":
+        return _make_tiny_model(rest)
+    if cmd == "bench":
+        return _bench(rest)
+    if cmd == "up":
+        from basalt.up import main as up_main
+
+        return up_main(rest)
+    print(f"basalt: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""`python -m services.runtime`: run one replica (see `basalt runtime --help`)."""
+
+import sys
+
+from .main import main
+
+if __name__ == "__main__":
+    sys.exit(main())

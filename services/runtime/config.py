@@ -1,0 +1,64 @@
+"""The runtime's settings: flags and BASALT_RUNTIME_* environment variables (no I/O)."""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from basalt.config import ServiceSettings
+
+
+class EngineKind(str, enum.Enum):
+    VLLM = "vllm"
+    TRTLLM = "trtllm"
+    SIM = "sim"
+    PYTHON = "python"
+
+
+class RuntimeSettings(ServiceSettings):
+    """One replica: one model in one engine, served over gRPC, KV events on NATS."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BASALT_RUNTIME_",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        extra="forbid",
+        cli_avoid_json=True,
+    )
+
+    engine: EngineKind = Field(EngineKind.SIM, description="Engine: vllm, trtllm, sim (a simulator) or python (Truss-style model).")
+    model: str = Field("", description="Model directory (HF files for vllm/trtllm, a Truss-style dir for python; optional for sim: its tokenizer is used).")
+    model_name: str = Field("", description="Name the model is served under (default: the model directory's name, or 'sim-model').")
+    deployment: str = Field("default", description="Deployment this replica belongs to.")
+    replica_id: str = Field("", description="Replica id (default: <deployment>-<random>).")
+    owner: str = Field("", description="Owner id of whoever started this replica (the control plane sets it).")
+    grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    grpc_port: int = Field(0, ge=0, le=65535, description="gRPC port (0 = any free port).")
+    advertise_host: str = Field("", description="Host put in the replica record (default: grpc-host).")
+    region: str = Field("local", description="Region label in the replica record.")
+    zone: str = Field("local-a", description="Zone label in the replica record.")
+    cluster: str = Field("local", description="Cluster label in the replica record.")
+    lora_modules: list[str] = Field(default_factory=list, description="LoRA adapters to load at start, NAME=PATH, repeatable.")
+    block_size: int = Field(16, gt=0, le=256, description="KV-cache block size in tokens.")
+    max_model_len: int = Field(1024, gt=0, description="Longest prompt + output the engine accepts, in tokens.")
+    max_num_seqs: int = Field(64, gt=0, description="Most sequences the engine runs at once.")
+    gpu_memory_utilization: float = Field(0.2, gt=0.0, le=1.0, description="vLLM: share of accelerator memory (share of RAM on the CPU build).")
+    sim_num_blocks: int = Field(4096, gt=0, description="Simulator: KV blocks in the simulated cache.")
+    sim_time_scale: float = Field(1.0, gt=0.0, description="Simulator: wall seconds per simulated second (0.01 = 100x faster).")
+    sim_seed: int = Field(0, description="Simulator: seed for output tokens and jitter.")
+    heartbeat_interval: float = Field(2.0, gt=0.0, description="Seconds between replica-record refreshes in NATS KV.")
+    load_report_interval: float = Field(1.0, gt=0.0, description="Seconds between load reports on NATS.")
+    kv_batch_interval: float = Field(0.02, gt=0.0, description="Longest wait before KV events are flushed to NATS as one batch.")
+    drain_timeout: float = Field(30.0, ge=0.0, description="On SIGTERM, seconds to let in-flight requests finish before aborting them.")
+    ready_file: str = Field("", description="Write the replica record as JSON to this file once ready (for scripts).")
+
+    def lora_map(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for item in self.lora_modules:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"--lora-modules expects NAME=PATH, got {item!r}")
+            out[name] = path
+        return out

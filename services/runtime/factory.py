@@ -1,0 +1,68 @@
+"""Builds the engine a RuntimeSettings names, plus the tokenizer beside it (no network I/O)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import EngineKind, RuntimeSettings
+from .engine import Engine
+
+
+def _has_tokenizer(model: str) -> bool:
+    return bool(model) and (Path(model) / "tokenizer.json").exists()
+
+
+def make_tokenizer(settings: RuntimeSettings) -> Any:
+    """The model's own tokenizer when it has one; a byte tokenizer otherwise."""
+    from basalt.tokenizer import ByteTokenizer, load_tokenizer
+
+    if _has_tokenizer(settings.model):
+        return load_tokenizer(settings.model)
+    return ByteTokenizer()
+
+
+def model_name(settings: RuntimeSettings) -> str:
+    if settings.model_name:
+        return settings.model_name
+    if settings.model:
+        return Path(settings.model).resolve().name
+    return "sim-model"
+
+
+def make_engine(settings: RuntimeSettings, tokenizer: Any) -> Engine:
+    name = model_name(settings)
+    if settings.engine is EngineKind.SIM:
+        from .sim.engine import SimConfig, SimEngine
+
+        cfg = SimConfig(
+            model_name=name,
+            block_size=settings.block_size,
+            num_blocks=settings.sim_num_blocks,
+            max_model_len=settings.max_model_len,
+            max_num_seqs=settings.max_num_seqs,
+            time_scale=settings.sim_time_scale,
+            seed=settings.sim_seed,
+            vocab_size=tokenizer.vocab_size,
+        )
+        return SimEngine(cfg, decode=tokenizer.decode)
+    if settings.engine is EngineKind.VLLM:
+        from .engines.vllm import VllmConfig, VllmEngine
+
+        return VllmEngine(
+            VllmConfig(
+                model=settings.model,
+                served_model_name=name,
+                block_size=settings.block_size,
+                max_model_len=settings.max_model_len,
+                max_num_seqs=settings.max_num_seqs,
+                gpu_memory_utilization=settings.gpu_memory_utilization,
+            )
+        )
+    if settings.engine is EngineKind.PYTHON:
+        from .engines.python_model import PythonModelEngine
+
+        return PythonModelEngine(Path(settings.model), name)
+    from .engines.trtllm import TrtllmEngine
+
+    return TrtllmEngine(settings.model, name)

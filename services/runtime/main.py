@@ -1,0 +1,182 @@
+"""The runtime process: parse settings, build the engine and adapters, serve, drain (does I/O)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from basalt import bus, log as blog
+from basalt.config import parse
+from basalt.metrics import serve_metrics
+from basalt.pb import events_pb2, kserve_pb2, kserve_pb2_grpc, runtime_pb2, runtime_pb2_grpc
+
+from . import metrics
+from .config import RuntimeSettings
+from .factory import make_engine, make_tokenizer, model_name
+from .kserve import KServeServicer
+from .publisher import Heartbeat, KvEventPublisher, LoadReporter
+from .server import RuntimeServicer
+
+log = blog.get_logger(__name__)
+
+SERVICE_NAMES = (
+    runtime_pb2.DESCRIPTOR.services_by_name["Runtime"].full_name,
+    kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    health.SERVICE_NAME,
+    reflection.SERVICE_NAME,
+)
+
+
+class Replica:
+    """Everything one replica process runs, wired together."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self.model_name = model_name(settings)
+        self.replica_id = settings.replica_id or f"{settings.deployment}-{secrets.token_hex(4)}"
+        self.epoch = secrets.token_hex(8)
+        self.tokenizer = make_tokenizer(settings)
+        self.engine = make_engine(settings, self.tokenizer)
+        self.state = events_pb2.REPLICA_STATE_LOADING
+        self.info = None
+        self.grpc_address = ""
+        self.metrics_address = ""
+        self.tasks: list[asyncio.Task] = []
+
+    def record(self) -> events_pb2.ReplicaRecord:
+        s = self.settings
+        return events_pb2.ReplicaRecord(
+            replica_id=self.replica_id,
+            deployment=s.deployment,
+            model=self.model_name,
+            engine=s.engine.value,
+            grpc_address=self.grpc_address,
+            region=s.region,
+            zone=s.zone,
+            cluster=s.cluster,
+            lora_adapters=sorted(self.engine.loras()),
+            kv_block_size=self.info.kv_block_size if self.info else s.block_size,
+            kv_blocks_total=self.info.kv_blocks_total if self.info else 0,
+            state=self.state,
+            owner=s.owner,
+            max_model_len=self.info.max_model_len if self.info else s.max_model_len,
+            epoch=self.epoch,
+            metrics_address=self.metrics_address,
+        )
+
+    def _spawn(self, coro) -> None:
+        self.tasks.append(asyncio.create_task(coro))
+
+    async def run(self) -> int:
+        s = self.settings
+        nc = await bus.connect(s.nats_url, name=f"runtime-{self.replica_id}")
+        bucket = await bus.replicas_bucket(nc)
+        kv = KvEventPublisher(nc, self.replica_id, self.epoch)
+        load = LoadReporter(nc, self.replica_id, s.deployment, self.engine, s.load_report_interval)
+        heartbeat = Heartbeat(bucket, self.record, s.heartbeat_interval)
+        servicer = RuntimeServicer(
+            self.engine, self.model_name, self.replica_id, kv, load, self.record,
+            on_lora_change=lambda: self._spawn(heartbeat.beat()),
+        )
+        health_servicer = health.aio.HealthServicer()
+        server = grpc.aio.server()
+        runtime_pb2_grpc.add_RuntimeServicer_to_server(servicer, server)
+        kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            KServeServicer(self.engine, self.model_name, self.tokenizer,
+                           lambda: self.state == events_pb2.REPLICA_STATE_READY),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        self.grpc_address = f"{s.advertise_host or s.grpc_host}:{port}"
+        mport = serve_metrics(s.metrics_host, s.metrics_port)
+        self.metrics_address = f"{s.advertise_host or s.metrics_host}:{mport}"
+        await server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.info("replica_loading", replica_id=self.replica_id, grpc=self.grpc_address,
+                 engine=s.engine.value, model=self.model_name)
+        self._spawn(heartbeat.run())
+
+        self.info = await self.engine.start()
+        for name, path in s.lora_map().items():
+            await self.engine.load_lora(name, path)
+        self._spawn(kv.run(self.engine))
+        self._spawn(load.run())
+        self._spawn(self._export_gauges())
+        self.state = events_pb2.REPLICA_STATE_READY
+        await heartbeat.beat()
+        for name in ("", *SERVICE_NAMES[:2]):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._write_ready_file()
+        log.info("replica_ready", replica_id=self.replica_id, grpc=self.grpc_address,
+                 kv_blocks=self.info.kv_blocks_total, block_size=self.info.kv_block_size)
+
+        await self._wait_for_signal()
+        await self._drain(servicer, health_servicer, heartbeat)
+        await server.stop(grace=1.0)
+        for task in self.tasks:
+            task.cancel()
+        await self.engine.shutdown()
+        await heartbeat.deregister(self.replica_id)
+        await nc.drain()
+        log.info("replica_stopped", replica_id=self.replica_id)
+        return 0
+
+    def _write_ready_file(self) -> None:
+        if self.settings.ready_file:
+            from google.protobuf.json_format import MessageToDict
+
+            Path(self.settings.ready_file).write_text(json.dumps(MessageToDict(self.record())))
+
+    async def _export_gauges(self) -> None:
+        labels = {"model": self.model_name, "replica": self.replica_id}
+        while True:
+            stats = self.engine.stats()
+            metrics.RUNNING.labels(**labels).set(stats.num_running)
+            metrics.WAITING.labels(**labels).set(stats.num_waiting)
+            metrics.KV_USAGE.labels(**labels).set(stats.kv_usage)
+            await asyncio.sleep(1.0)
+
+    async def _wait_for_signal(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+    async def _drain(self, servicer: RuntimeServicer, health_servicer, heartbeat: Heartbeat) -> None:
+        """Stop taking work, let in-flight requests finish (up to drain_timeout), deregister."""
+        log.info("replica_draining", replica_id=self.replica_id, inflight=servicer.inflight.count)
+        servicer.inflight.draining = True
+        self.state = events_pb2.REPLICA_STATE_DRAINING
+        await health_servicer.enter_graceful_shutdown()
+        try:
+            await heartbeat.beat()
+        except Exception as e:
+            log.warning("drain_heartbeat_failed", error=str(e))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout
+        while servicer.inflight.count > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if servicer.inflight.count:
+            log.warning("drain_timeout", aborted=servicer.inflight.count)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse(RuntimeSettings, sys.argv[1:] if argv is None else argv, "basalt runtime")
+    blog.configure("runtime", settings.log_level)
+    try:
+        settings.lora_map()
+    except ValueError as e:
+        print(f"basalt runtime: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(Replica(settings).run())

@@ -1,0 +1,129 @@
+"""Publishes a replica's KV events, load reports and replica record on NATS (does I/O)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
+
+from basalt import subjects
+from basalt.kvevents import KvEvent, KvEventBatchData, batch_to_proto
+from basalt.log import get_logger
+from basalt.pb import events_pb2
+
+from .engine import Engine
+from .latency import LatencyWindow, Percentiles
+from .mirror import KvMirror
+
+log = get_logger(__name__)
+
+
+class KvEventPublisher:
+    """Numbers the engine's KV event batches (seq +1 per batch) and publishes them.
+
+    The mirror is updated in the same step as `seq`, so a dump is always consistent with
+    the last sequence number it reports."""
+
+    def __init__(self, nc: Client, replica_id: str, epoch: str) -> None:
+        self.nc = nc
+        self.replica_id = replica_id
+        self.epoch = epoch
+        self.subject = subjects.kv_events(replica_id)
+        self.mirror = KvMirror()
+        self.seq = 0
+
+    async def publish(self, events: list[KvEvent]) -> None:
+        if not events:
+            return
+        self.mirror.apply(events)
+        self.seq += 1
+        batch = KvEventBatchData(self.replica_id, self.seq, time.time(), self.epoch, events)
+        await self.nc.publish(self.subject, batch_to_proto(batch).SerializeToString())
+
+    async def run(self, engine: Engine) -> None:
+        async for events in engine.kv_events():
+            try:
+                await self.publish(events)
+            except Exception as e:  # a NATS hiccup must not stop the replica
+                log.warning("kv_publish_failed", error=str(e), seq=self.seq)
+
+    def dump(self) -> tuple[int, list]:
+        return self.seq, self.mirror.dump()
+
+
+def _summary(p: Percentiles) -> events_pb2.LatencySummary:
+    return events_pb2.LatencySummary(
+        p50_ms=p.p50_ms, p90_ms=p.p90_ms, p99_ms=p.p99_ms, count=p.count
+    )
+
+
+class LoadReporter:
+    """Publishes a LoadReport every `interval` seconds."""
+
+    def __init__(
+        self, nc: Client, replica_id: str, deployment: str, engine: Engine, interval: float
+    ) -> None:
+        self.nc = nc
+        self.replica_id = replica_id
+        self.deployment = deployment
+        self.engine = engine
+        self.interval = interval
+        self.ttft = LatencyWindow()
+        self.itl = LatencyWindow()
+        self.generated_tokens = 0
+
+    def report(self) -> events_pb2.LoadReport:
+        now = time.monotonic()
+        stats = self.engine.stats()
+        return events_pb2.LoadReport(
+            replica_id=self.replica_id,
+            deployment=self.deployment,
+            ts=time.time(),
+            num_running=stats.num_running,
+            num_waiting=stats.num_waiting,
+            kv_usage=stats.kv_usage,
+            kv_blocks_total=stats.kv_blocks_total,
+            kv_blocks_active=stats.kv_blocks_active,
+            ttft=_summary(self.ttft.summary(now)),
+            itl=_summary(self.itl.summary(now)),
+            generated_tokens_total=self.generated_tokens,
+        )
+
+    async def run(self) -> None:
+        subject = subjects.load(self.replica_id)
+        while True:
+            try:
+                await self.nc.publish(subject, self.report().SerializeToString())
+            except Exception as e:
+                log.warning("load_report_failed", error=str(e))
+            await asyncio.sleep(self.interval)
+
+
+class Heartbeat:
+    """Keeps this replica's record fresh in the replicas KV bucket."""
+
+    def __init__(
+        self, bucket: KeyValue, record: Callable[[], events_pb2.ReplicaRecord], interval: float
+    ) -> None:
+        self.bucket = bucket
+        self.record = record
+        self.interval = interval
+
+    async def beat(self) -> None:
+        rec = self.record()
+        rec.heartbeat_ts = time.time()
+        await self.bucket.put(rec.replica_id, rec.SerializeToString())
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except Exception as e:
+                log.warning("heartbeat_failed", error=str(e))
+            await asyncio.sleep(self.interval)
+
+    async def deregister(self, replica_id: str) -> None:
+        await self.bucket.delete(replica_id)

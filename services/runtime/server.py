@@ -1,0 +1,168 @@
+"""The runtime's gRPC service: Generate, Abort, Predict, KV dump, LoRA (does I/O: grpc.aio)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from basalt.kvevents import stored_to_proto
+from basalt.log import bind_request_id, clear_request_id, get_logger
+from basalt.pb import events_pb2, runtime_pb2, runtime_pb2_grpc
+
+from . import metrics
+from .convert import chunk_to_proto, generate_input_from_proto
+from .engine import Engine
+from .errors import Draining, InvalidRequest, RuntimeServiceError
+from .publisher import KvEventPublisher, LoadReporter
+
+log = get_logger(__name__)
+
+
+class InFlight:
+    """Counts requests being served, so a drain knows when it is done."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.draining = False
+
+
+class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
+    def __init__(
+        self,
+        engine: Engine,
+        model_name: str,
+        replica_id: str,
+        kv: KvEventPublisher,
+        load: LoadReporter,
+        record: Callable[[], events_pb2.ReplicaRecord],
+        on_lora_change: Callable[[], None],
+    ) -> None:
+        self.engine = engine
+        self.kv = kv
+        self.load = load
+        self.record = record
+        self.on_lora_change = on_lora_change
+        self.inflight = InFlight()
+        self.labels = {"model": model_name, "replica": replica_id}
+
+    async def _refuse_if_draining(self, context: grpc.aio.ServicerContext) -> None:
+        if self.inflight.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(Draining("replica is draining")))
+
+    async def Generate(
+        self, request: runtime_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[runtime_pb2.GenerateResponse]:
+        await self._refuse_if_draining(context)
+        try:
+            inp = generate_input_from_proto(request)
+        except InvalidRequest as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        bind_request_id(inp.request_id)
+        self.inflight.count += 1
+        stream = self.engine.generate(inp)
+        start = last = time.monotonic()
+        first = True
+        try:
+            async for chunk in stream:
+                now = time.monotonic()
+                if chunk.token_ids:
+                    self._observe_latency(now, now - last, first)
+                    first, last = False, now
+                    self.load.generated_tokens += len(chunk.token_ids)
+                if chunk.usage is not None:
+                    self._observe_finish(chunk, now - start)
+                yield chunk_to_proto(chunk)
+        except InvalidRequest as e:
+            log.info("generate_rejected", reason=str(e))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        finally:
+            await stream.aclose()  # client gone: the engine aborts the sequence
+            self.inflight.count -= 1
+            clear_request_id()
+
+    def _observe_latency(self, now: float, gap_s: float, first: bool) -> None:
+        if first:
+            metrics.TTFT.labels(**self.labels).observe(gap_s)
+            self.load.ttft.add(now, gap_s * 1000)
+        else:
+            metrics.ITL.labels(**self.labels).observe(gap_s)
+            self.load.itl.add(now, gap_s * 1000)
+
+    def _observe_finish(self, chunk, elapsed_s: float) -> None:
+        usage = chunk.usage
+        metrics.E2E.labels(**self.labels).observe(elapsed_s)
+        metrics.PROMPT_TOKENS.labels(**self.labels).inc(usage.prompt_tokens)
+        metrics.GENERATION_TOKENS.labels(**self.labels).inc(usage.completion_tokens)
+        metrics.PREFIX_CACHE_HIT_TOKENS.labels(**self.labels).inc(usage.cached_prompt_tokens)
+        reason = chunk.finish_reason.value if chunk.finish_reason else "unknown"
+        metrics.REQUESTS.labels(**self.labels, finished_reason=reason).inc()
+
+    async def Abort(
+        self, request: runtime_pb2.AbortRequest, context: grpc.aio.ServicerContext
+    ) -> runtime_pb2.AbortResponse:
+        return runtime_pb2.AbortResponse(found=await self.engine.abort(request.request_id))
+
+    async def Predict(
+        self, request: runtime_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[runtime_pb2.PredictResponse]:
+        await self._refuse_if_draining(context)
+        try:
+            payload = json.loads(request.json_input or b"null")
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"json_input is not JSON: {e}")
+        self.inflight.count += 1
+        stream = self.engine.predict(payload)
+        try:
+            async for item in stream:
+                yield runtime_pb2.PredictResponse(json_output=json.dumps(item).encode())
+        except InvalidRequest as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except RuntimeServiceError as e:
+            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+        finally:
+            await stream.aclose()
+            self.inflight.count -= 1
+
+    async def DumpKvState(
+        self, request: runtime_pb2.DumpKvStateRequest, context: grpc.aio.ServicerContext
+    ) -> runtime_pb2.KvStateDump:
+        seq, blocks = self.kv.dump()
+        return runtime_pb2.KvStateDump(
+            replica_id=self.kv.replica_id,
+            seq=seq,
+            epoch=self.kv.epoch,
+            blocks=[stored_to_proto(b) for b in blocks],
+        )
+
+    async def Describe(
+        self, request: runtime_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> events_pb2.ReplicaRecord:
+        return self.record()
+
+    async def LoadLora(
+        self, request: runtime_pb2.LoadLoraRequest, context: grpc.aio.ServicerContext
+    ) -> runtime_pb2.LoadLoraResponse:
+        if not request.lora_name or not request.lora_path:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "lora_name and lora_path are both required"
+            )
+        try:
+            await self.engine.load_lora(request.lora_name, request.lora_path)
+        except (InvalidRequest, ValueError, FileNotFoundError) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot load LoRA: {e}")
+        self.on_lora_change()
+        return runtime_pb2.LoadLoraResponse()
+
+    async def UnloadLora(
+        self, request: runtime_pb2.UnloadLoraRequest, context: grpc.aio.ServicerContext
+    ) -> runtime_pb2.UnloadLoraResponse:
+        if request.lora_name not in self.engine.loras():
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"LoRA adapter {request.lora_name!r} is not loaded"
+            )
+        await self.engine.unload_lora(request.lora_name)
+        self.on_lora_change()
+        return runtime_pb2.UnloadLoraResponse()
