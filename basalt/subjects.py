@@ -27,3 +27,33 @@ def kv_events(replica_id: str) -> str:
 
 def load(replica_id: str) -> str:
     return LOAD.format(replica_id=replica_id)
+
+# -- Control plane state (JetStream KV) ---------------------------------------------------
+
+# DeploymentRecord per deployment, key = deployment id.
+DEPLOYMENTS_BUCKET = "basalt_deployments"
+# EnvironmentRecord per (model, environment), key = "<model>.<environment>".
+ENVIRONMENTS_BUCKET = "basalt_environments"
+# ApiKeyRecord per key, key = key id; only a hash of each key is stored.
+API_KEYS_BUCKET = "basalt_api_keys"
+
+# -- Commands that must not be lost (JetStream stream) -----------------------------------
+
+# ScaleCommand, at-least-once; the control plane applies them idempotently by command_id.
+SCALE_STREAM = "BASALT_SCALE"
+SCALE = "basalt.scale.{deployment_id}"
+SCALE_ALL = "basalt.scale.>"
+
+# -- Request records (core NATS) ---------------------------------------------------------
+
+# RequestRecord per finished request, from the router (the autoscaler consumes them).
+REQUESTS = "basalt.requests.{deployment_id}"
+REQUESTS_ALL = "basalt.requests.>"
+
+
+def scale(deployment_id: str) -> str:
+    return SCALE.format(deployment_id=deployment_id)
+
+
+def requests(deployment_id: str) -> str:
+    return REQUESTS.format(deployment_id=deployment_id)

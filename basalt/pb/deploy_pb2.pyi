@@ -1,0 +1,162 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DeploymentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEPLOYMENT_STATUS_UNSPECIFIED: _ClassVar[DeploymentStatus]
+    DEPLOYMENT_STATUS_ACTIVE: _ClassVar[DeploymentStatus]
+    DEPLOYMENT_STATUS_INACTIVE: _ClassVar[DeploymentStatus]
+DEPLOYMENT_STATUS_UNSPECIFIED: DeploymentStatus
+DEPLOYMENT_STATUS_ACTIVE: DeploymentStatus
+DEPLOYMENT_STATUS_INACTIVE: DeploymentStatus
+
+class AutoscalingSettings(_message.Message):
+    __slots__ = ("min_replica", "max_replica", "autoscaling_window", "scale_down_delay", "concurrency_target", "target_utilization_percentage")
+    MIN_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    SCALE_DOWN_DELAY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_TARGET_FIELD_NUMBER: _ClassVar[int]
+    TARGET_UTILIZATION_PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
+    min_replica: int
+    max_replica: int
+    autoscaling_window: int
+    scale_down_delay: int
+    concurrency_target: int
+    target_utilization_percentage: int
+    def __init__(self, min_replica: _Optional[int] = ..., max_replica: _Optional[int] = ..., autoscaling_window: _Optional[int] = ..., scale_down_delay: _Optional[int] = ..., concurrency_target: _Optional[int] = ..., target_utilization_percentage: _Optional[int] = ...) -> None: ...
+
+class LoraAdapter(_message.Message):
+    __slots__ = ("name", "path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class DeploymentSpec(_message.Message):
+    __slots__ = ("engine", "model_path", "engine_args", "accelerator", "accelerator_count", "allowed_regions", "preferred_regions", "routing_policy", "queue_limit", "queue_timeout_s", "loras", "autoscaling")
+    class EngineArgsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_ARGS_FIELD_NUMBER: _ClassVar[int]
+    ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
+    ACCELERATOR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_POLICY_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
+    engine: str
+    model_path: str
+    engine_args: _containers.ScalarMap[str, str]
+    accelerator: str
+    accelerator_count: int
+    allowed_regions: _containers.RepeatedScalarFieldContainer[str]
+    preferred_regions: _containers.RepeatedScalarFieldContainer[str]
+    routing_policy: str
+    queue_limit: int
+    queue_timeout_s: float
+    loras: _containers.RepeatedCompositeFieldContainer[LoraAdapter]
+    autoscaling: AutoscalingSettings
+    def __init__(self, engine: _Optional[str] = ..., model_path: _Optional[str] = ..., engine_args: _Optional[_Mapping[str, str]] = ..., accelerator: _Optional[str] = ..., accelerator_count: _Optional[int] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., preferred_regions: _Optional[_Iterable[str]] = ..., routing_policy: _Optional[str] = ..., queue_limit: _Optional[int] = ..., queue_timeout_s: _Optional[float] = ..., loras: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., autoscaling: _Optional[_Union[AutoscalingSettings, _Mapping]] = ...) -> None: ...
+
+class DeploymentRecord(_message.Message):
+    __slots__ = ("id", "model", "spec", "status", "desired_replicas", "kind", "created_ts", "generation")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CREATED_TS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    spec: DeploymentSpec
+    status: DeploymentStatus
+    desired_replicas: int
+    kind: str
+    created_ts: float
+    generation: int
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., desired_replicas: _Optional[int] = ..., kind: _Optional[str] = ..., created_ts: _Optional[float] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class EnvironmentRecord(_message.Message):
+    __slots__ = ("model", "name", "deployment_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    name: str
+    deployment_id: str
+    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., deployment_id: _Optional[str] = ...) -> None: ...
+
+class ApiKeyRecord(_message.Message):
+    __slots__ = ("key_id", "sha256", "name", "created_ts")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_TS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    sha256: str
+    name: str
+    created_ts: float
+    def __init__(self, key_id: _Optional[str] = ..., sha256: _Optional[str] = ..., name: _Optional[str] = ..., created_ts: _Optional[float] = ...) -> None: ...
+
+class ScaleCommand(_message.Message):
+    __slots__ = ("command_id", "deployment_id", "replicas", "source", "ts")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    deployment_id: str
+    replicas: int
+    source: str
+    ts: float
+    def __init__(self, command_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., replicas: _Optional[int] = ..., source: _Optional[str] = ..., ts: _Optional[float] = ...) -> None: ...
+
+class RequestRecord(_message.Message):
+    __slots__ = ("request_id", "deployment_id", "replica_id", "queue_wait_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cached_tokens", "outcome", "ts", "model", "lora_name", "e2e_ms")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LORA_NAME_FIELD_NUMBER: _ClassVar[int]
+    E2E_MS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    deployment_id: str
+    replica_id: str
+    queue_wait_ms: float
+    ttft_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    outcome: str
+    ts: float
+    model: str
+    lora_name: str
+    e2e_ms: float
+    def __init__(self, request_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., replica_id: _Optional[str] = ..., queue_wait_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., outcome: _Optional[str] = ..., ts: _Optional[float] = ..., model: _Optional[str] = ..., lora_name: _Optional[str] = ..., e2e_ms: _Optional[float] = ...) -> None: ...
