@@ -1,0 +1,111 @@
+"""Deployment files (YAML) → DeploymentRecord / EnvironmentRecord protos, validated (no I/O).
+
+The same format serves the router's `--deployments` file (before the control plane exists)
+and `basalt deploy FILE`. Example: deploy/local/tiny.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from basalt.pb import deploy_pb2
+
+ROUTING_POLICIES = ("kv", "round_robin", "least_loaded", "random", "session")
+
+
+class Autoscaling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_replica: int = Field(0, ge=0, le=1000)
+    max_replica: int = Field(1, ge=0, le=1000)
+    autoscaling_window: int = Field(60, ge=10, le=3600)
+    scale_down_delay: int = Field(900, ge=0, le=3600)
+    concurrency_target: int = Field(1, ge=1, le=1_000_000)
+    target_utilization_percentage: int = Field(70, ge=1, le=100)
+
+    def to_proto(self) -> deploy_pb2.AutoscalingSettings:
+        return deploy_pb2.AutoscalingSettings(**self.model_dump())
+
+
+class Lora(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    path: str = Field(min_length=1)
+
+
+class Deployment(BaseModel):
+    """One deployment as written in a file or sent to the deployments API."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$")
+    model: str = Field(min_length=1, max_length=128, pattern=r"^[^\s@]+$")
+    engine: Literal["vllm", "trtllm", "sim", "python"] = "vllm"
+    model_path: str = ""
+    engine_args: dict[str, str] = Field(default_factory=dict)
+    accelerator: str = ""
+    accelerator_count: int = Field(0, ge=0, le=64)
+    allowed_regions: list[str] = Field(default_factory=list)
+    preferred_regions: list[str] = Field(default_factory=list)
+    routing_policy: Literal["kv", "round_robin", "least_loaded", "random", "session"] = "kv"
+    queue_limit: int = Field(64, ge=0, le=100_000)
+    queue_timeout_s: float = Field(30.0, gt=0, le=3600)
+    loras: list[Lora] = Field(default_factory=list)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    replicas: int = Field(1, ge=0, le=1000)
+    kind: Literal["development", "published"] = "published"
+    active: bool = True
+
+    def spec(self) -> deploy_pb2.DeploymentSpec:
+        return deploy_pb2.DeploymentSpec(
+            engine=self.engine, model_path=self.model_path, engine_args=self.engine_args,
+            accelerator=self.accelerator, accelerator_count=self.accelerator_count,
+            allowed_regions=self.allowed_regions, preferred_regions=self.preferred_regions,
+            routing_policy=self.routing_policy, queue_limit=self.queue_limit,
+            queue_timeout_s=self.queue_timeout_s,
+            loras=[deploy_pb2.LoraAdapter(name=x.name, path=x.path) for x in self.loras],
+            autoscaling=self.autoscaling.to_proto(),
+        )
+
+    def to_record(self, created_ts: float = 0.0) -> deploy_pb2.DeploymentRecord:
+        status = (deploy_pb2.DEPLOYMENT_STATUS_ACTIVE if self.active
+                  else deploy_pb2.DEPLOYMENT_STATUS_INACTIVE)
+        return deploy_pb2.DeploymentRecord(
+            id=self.id, model=self.model, spec=self.spec(), status=status,
+            desired_replicas=self.replicas, kind=self.kind, created_ts=created_ts,
+        )
+
+
+class Environment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1)
+    name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$")
+    deployment_id: str = Field(min_length=1)
+
+    def to_record(self) -> deploy_pb2.EnvironmentRecord:
+        return deploy_pb2.EnvironmentRecord(
+            model=self.model, name=self.name, deployment_id=self.deployment_id
+        )
+
+
+class DeployFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    deployments: list[Deployment] = Field(default_factory=list)
+    environments: list[Environment] = Field(default_factory=list)
+
+
+def load(path: str | Path, base_dir: Path | None = None) -> DeployFile:
+    """Parse and validate a deployment file; relative model/LoRA paths resolve against
+    `base_dir` (default: the current directory)."""
+    raw: Any = yaml.safe_load(Path(path).read_text()) or {}
+    parsed = DeployFile.model_validate(raw)
+    base = base_dir or Path.cwd()
+    for dep in parsed.deployments:
+        if dep.model_path and not Path(dep.model_path).is_absolute():
+            dep.model_path = str((base / dep.model_path).resolve())
+        for lora in dep.loras:
+            if not Path(lora.path).is_absolute():
+                lora.path = str((base / lora.path).resolve())
+    return parsed

@@ -1,0 +1,84 @@
+"""Which deployment serves a model name: deployments, environments and LoRA names (no I/O).
+
+A client's `model` resolves, in order, to:
+1. a deployment id;
+2. `<model>@<environment>` → that environment's deployment;
+3. `<model>` → its `production` environment, else its only active deployment;
+4. a LoRA adapter name → the deployment that lists it, with the adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from basalt.pb import deploy_pb2
+
+PRODUCTION = "production"
+ACTIVE = deploy_pb2.DEPLOYMENT_STATUS_ACTIVE
+
+
+@dataclass(slots=True, frozen=True)
+class Route:
+    deployment: deploy_pb2.DeploymentRecord
+    lora_name: str | None = None
+
+    @property
+    def deployment_id(self) -> str:
+        return self.deployment.id
+
+
+class DeploymentTable:
+    def __init__(self) -> None:
+        self._deployments: dict[str, deploy_pb2.DeploymentRecord] = {}
+        self._environments: dict[tuple[str, str], str] = {}
+
+    def put_deployment(self, rec: deploy_pb2.DeploymentRecord) -> None:
+        self._deployments[rec.id] = rec
+
+    def remove_deployment(self, deployment_id: str) -> None:
+        self._deployments.pop(deployment_id, None)
+
+    def put_environment(self, rec: deploy_pb2.EnvironmentRecord) -> None:
+        self._environments[(rec.model, rec.name)] = rec.deployment_id
+
+    def remove_environment(self, model: str, name: str) -> None:
+        self._environments.pop((model, name), None)
+
+    def get(self, deployment_id: str) -> deploy_pb2.DeploymentRecord | None:
+        return self._deployments.get(deployment_id)
+
+    def _active(self, deployment_id: str | None) -> deploy_pb2.DeploymentRecord | None:
+        rec = self._deployments.get(deployment_id or "")
+        return rec if rec is not None and rec.status == ACTIVE else None
+
+    def resolve(self, name: str) -> Route | None:
+        if rec := self._active(name):
+            return Route(rec)
+        model, sep, env = name.partition("@")
+        if sep:
+            rec = self._active(self._environments.get((model, env)))
+            return Route(rec) if rec else None
+        if rec := self._active(self._environments.get((name, PRODUCTION))):
+            return Route(rec)
+        of_model = [d for d in self._deployments.values() if d.model == name and d.status == ACTIVE]
+        if len(of_model) == 1:
+            return Route(of_model[0])
+        for rec in self._deployments.values():
+            if rec.status == ACTIVE and any(a.name == name for a in rec.spec.loras):
+                return Route(rec, lora_name=name)
+        return None
+
+    def model_names(self) -> list[tuple[str, str]]:
+        """(name, owned_by) for /v1/models: models, environments, deployments, adapters."""
+        names: dict[str, str] = {}
+        for rec in self._deployments.values():
+            if rec.status != ACTIVE:
+                continue
+            names.setdefault(rec.model, "basalt")
+            names.setdefault(rec.id, rec.model)
+            for adapter in rec.spec.loras:
+                names.setdefault(adapter.name, rec.model)
+        for (model, env), dep in self._environments.items():
+            if self._active(dep):
+                names.setdefault(f"{model}@{env}", model)
+        return sorted(names.items())
