@@ -1,0 +1,341 @@
+"""KV prefix index: which replicas hold how many leading blocks of a request (pure, no I/O).
+
+Built from the replicas' KV event batches. Blocks are keyed by the router's own chained hash
+(`hashing`), so replicas whose engines hash differently still meet on the same keys.
+
+Representation: `own hash -> int bitmask of replica slots` (replica ids interned to small
+ints, slots reused after a replica is removed). `match` ANDs the masks along the request's
+prefix and stops when the mask is empty. Per replica, `engine hash -> own hash` resolves
+parents and removals; `dups` counts the rare own hash held under several engine hashes.
+
+Sequencing per replica (epoch, seq), with `floor` = the seq of the last dump applied:
+  new replica or new epoch  -> drop its entries; apply; need_dump unless seq == 0
+  seq == last + 1           -> apply
+  seq > last + 1 (a gap)    -> apply what can be chained; need_dump
+  seq <= floor, seq == last -> stale (delivered around a dump, or twice): ignored
+  floor < seq < last        -> seq went backwards: drop its entries; apply; need_dump
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from basalt.ids import ReplicaId
+from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatchData
+
+from .hashing import BlockHasher, HasherFactory, chain_bytes, default_hasher, tokens_to_bytes
+from .types import OwnBlockHash
+
+
+@dataclass(slots=True, frozen=True)
+class ApplyResult:
+    """What one `apply` / `apply_dump` did; `need_dump` asks the adapter to fetch a dump."""
+
+    need_dump: bool = False
+    # The replica's entries were dropped first (new epoch, seq backwards, dump applied).
+    reset: bool = False
+    # The batch was older than what the index holds and was ignored.
+    stale: bool = False
+    stored_blocks: int = 0
+    removed_blocks: int = 0
+    # Blocks of BlockStored events whose parent the index does not know (not indexed).
+    skipped_blocks: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class IndexStats:
+    replicas: int
+    # (replica, block) entries; a block held by 3 replicas counts 3.
+    blocks: int
+    distinct_hashes: int
+    skipped_blocks: int
+    skipped_events: int
+    unknown_removals: int
+    stale_batches: int
+    resets: int
+    dumps_requested: int
+    memory_bytes: int
+
+
+@dataclass(slots=True)
+class _Replica:
+    slot: int
+    bit: int
+    epoch: str
+    last_seq: int
+    floor_seq: int = -1
+    # engine hash (EngineBlockHash) -> own hash.
+    engine_to_own: dict[int, OwnBlockHash] = field(default_factory=dict)
+    # own hash -> how many engine hashes beyond the first map to it on this replica.
+    dups: dict[OwnBlockHash, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Counters:
+    skipped_blocks: int = 0
+    skipped_events: int = 0
+    unknown_removals: int = 0
+    stale_batches: int = 0
+    resets: int = 0
+    dumps_requested: int = 0
+
+
+@dataclass(slots=True)
+class _Tally:
+    stored: int = 0
+    removed: int = 0
+    skipped: int = 0
+
+
+class PrefixIndex:
+    """Prefix index over all replicas of one deployment. Not thread-safe; no I/O."""
+
+    __slots__ = ("_entries", "_free_slots", "_hasher", "_masks", "_n", "_replicas", "_slot_ids")
+
+    def __init__(self, seed: int = 0, hash_fn: HasherFactory = default_hasher) -> None:
+        self._hasher = BlockHasher(seed, hash_fn)
+        self._masks: dict[OwnBlockHash, int] = {}
+        self._replicas: dict[ReplicaId, _Replica] = {}
+        self._slot_ids: list[ReplicaId | None] = []
+        self._free_slots: list[int] = []
+        self._entries = 0
+        self._n = _Counters()
+
+    @property
+    def hasher(self) -> BlockHasher:
+        """The hasher requests must be hashed with to match this index."""
+        return self._hasher
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    def apply(self, batch: KvEventBatchData) -> ApplyResult:
+        """Ingest one batch from one replica (see the module docstring for sequencing)."""
+        rid = ReplicaId(batch.replica_id)
+        rep = self._replicas.get(rid)
+        seq = batch.seq
+        reset = False
+        need_dump = False
+        if rep is None:
+            rep = self._add_replica(rid, batch.epoch, seq)
+            need_dump = seq != 0
+        elif batch.epoch != rep.epoch:
+            self._reset(rep, batch.epoch)
+            reset, need_dump = True, seq != 0
+        elif seq <= rep.floor_seq or seq == rep.last_seq:
+            self._n.stale_batches += 1
+            return ApplyResult(stale=True)
+        elif seq < rep.last_seq:
+            self._reset(rep, batch.epoch)
+            reset, need_dump = True, seq != 0
+        elif seq != rep.last_seq + 1:
+            need_dump = True
+        rep.last_seq = seq
+        if reset:
+            self._n.resets += 1
+        if need_dump:
+            self._n.dumps_requested += 1
+        tally = _Tally()
+        for event in batch.events:
+            if isinstance(event, BlockStored):
+                self._store(rep, event, tally)
+            elif isinstance(event, BlockRemoved):
+                self._remove(rep, event.block_hashes, tally)
+            elif isinstance(event, AllBlocksCleared):
+                self._clear(rep)
+        return ApplyResult(need_dump, reset, False, tally.stored, tally.removed, tally.skipped)
+
+    def apply_dump(
+        self, replica_id: ReplicaId, epoch: str, seq: int, blocks: Iterable[BlockStored]
+    ) -> ApplyResult:
+        """Replace the replica's entries with a dump (BlockStored, parents first) at `seq`."""
+        rep = self._replicas.get(replica_id)
+        if rep is None:
+            rep = self._add_replica(replica_id, epoch, seq)
+        else:
+            self._reset(rep, epoch)
+        rep.last_seq = seq
+        rep.floor_seq = seq
+        tally = _Tally()
+        for event in blocks:
+            self._store(rep, event, tally)
+        return ApplyResult(False, True, False, tally.stored, 0, tally.skipped)
+
+    def remove_replica(self, replica_id: ReplicaId) -> bool:
+        """Forget a replica (its record expired); False when it was not known."""
+        rep = self._replicas.pop(replica_id, None)
+        if rep is None:
+            return False
+        self._clear(rep)
+        self._slot_ids[rep.slot] = None
+        self._free_slots.append(rep.slot)
+        return True
+
+    # -- query -----------------------------------------------------------------------------
+
+    def match(self, own_hashes: Sequence[OwnBlockHash]) -> dict[ReplicaId, int]:
+        """Per replica, how many leading blocks of `own_hashes` it holds (only replicas > 0)."""
+        if not own_hashes:
+            return {}
+        get = self._masks.get
+        mask = get(own_hashes[0], 0)
+        out: dict[ReplicaId, int] = {}
+        if not mask:
+            return out
+        depth = 0
+        for h in own_hashes:
+            m = mask & get(h, 0)
+            if m != mask:
+                self._emit(mask ^ m, depth, out)
+                if not m:
+                    return out
+                mask = m
+            depth += 1
+        self._emit(mask, depth, out)
+        return out
+
+    def replicas(self) -> list[ReplicaId]:
+        return list(self._replicas)
+
+    def seq_of(self, replica_id: ReplicaId) -> tuple[str, int] | None:
+        """(epoch, last seq) the index holds for a replica, or None."""
+        rep = self._replicas.get(replica_id)
+        return None if rep is None else (rep.epoch, rep.last_seq)
+
+    def stats(self) -> IndexStats:
+        n = self._n
+        return IndexStats(
+            replicas=len(self._replicas),
+            blocks=self._entries,
+            distinct_hashes=len(self._masks),
+            skipped_blocks=n.skipped_blocks,
+            skipped_events=n.skipped_events,
+            unknown_removals=n.unknown_removals,
+            stale_batches=n.stale_batches,
+            resets=n.resets,
+            dumps_requested=n.dumps_requested,
+            memory_bytes=self._memory_estimate(),
+        )
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _emit(self, bits: int, depth: int, out: dict[ReplicaId, int]) -> None:
+        ids = self._slot_ids
+        while bits:
+            low = bits & -bits
+            rid = ids[low.bit_length() - 1]
+            if rid is not None:
+                out[rid] = depth
+            bits ^= low
+
+    def _add_replica(self, rid: ReplicaId, epoch: str, seq: int) -> _Replica:
+        if self._free_slots:
+            slot = self._free_slots.pop()
+            self._slot_ids[slot] = rid
+        else:
+            slot = len(self._slot_ids)
+            self._slot_ids.append(rid)
+        rep = _Replica(slot=slot, bit=1 << slot, epoch=epoch, last_seq=seq)
+        self._replicas[rid] = rep
+        return rep
+
+    def _reset(self, rep: _Replica, epoch: str) -> None:
+        self._clear(rep)
+        rep.epoch = epoch
+        rep.floor_seq = -1
+
+    def _store(self, rep: _Replica, event: BlockStored, tally: _Tally) -> None:
+        engine_hashes = event.block_hashes
+        parent: OwnBlockHash | None = None
+        if event.parent_block_hash is not None:
+            parent = rep.engine_to_own.get(event.parent_block_hash)
+            if parent is None:
+                self._skip(len(engine_hashes), tally)
+                return
+        bs = event.block_size
+        n = min(len(engine_hashes), len(event.token_ids) // bs) if bs > 0 else 0
+        if n < len(engine_hashes):  # malformed: fewer tokens than blocks; index what we can
+            self._skip(len(engine_hashes) - n, tally)
+        if n == 0:
+            return
+        tokens = event.token_ids
+        data = tokens_to_bytes(tokens if len(tokens) == n * bs else tokens[: n * bs])
+        owns = chain_bytes(data, bs, n, self._hasher.template(event.lora_name), parent)
+        self._insert(rep, engine_hashes, owns)
+        tally.stored += n
+
+    def _skip(self, blocks: int, tally: _Tally) -> None:
+        tally.skipped += blocks
+        self._n.skipped_blocks += blocks
+        self._n.skipped_events += 1
+
+    def _insert(
+        self, rep: _Replica, engine_hashes: Sequence[int], owns: Sequence[OwnBlockHash]
+    ) -> None:
+        masks = self._masks
+        e2o = rep.engine_to_own
+        bit = rep.bit
+        added = 0
+        for eh, oh in zip(engine_hashes, owns):
+            old = e2o.get(eh)
+            if old is not None:
+                if old == oh:
+                    continue  # stored again: nothing changes
+                self._drop_own(rep, old)
+                added -= 1
+            e2o[eh] = oh
+            added += 1
+            m = masks.get(oh, 0)
+            if m & bit:
+                rep.dups[oh] = rep.dups.get(oh, 0) + 1
+            else:
+                masks[oh] = m | bit
+        self._entries += added
+
+    def _remove(self, rep: _Replica, engine_hashes: Sequence[int], tally: _Tally) -> None:
+        e2o = rep.engine_to_own
+        for eh in engine_hashes:
+            oh = e2o.pop(eh, None)
+            if oh is None:
+                self._n.unknown_removals += 1
+                continue
+            self._drop_own(rep, oh)
+            self._entries -= 1
+            tally.removed += 1
+
+    def _drop_own(self, rep: _Replica, oh: OwnBlockHash) -> None:
+        extra = rep.dups.get(oh)
+        if extra:
+            if extra == 1:
+                del rep.dups[oh]
+            else:
+                rep.dups[oh] = extra - 1
+            return
+        m = self._masks.get(oh, 0) & ~rep.bit
+        if m:
+            self._masks[oh] = m
+        else:
+            self._masks.pop(oh, None)
+
+    def _clear(self, rep: _Replica) -> None:
+        masks = self._masks
+        keep = ~rep.bit
+        for oh in rep.engine_to_own.values():
+            m = masks.get(oh, 0) & keep
+            if m:
+                masks[oh] = m
+            else:
+                masks.pop(oh, None)
+        self._entries -= len(rep.engine_to_own)
+        rep.engine_to_own.clear()
+        rep.dups.clear()
+
+    def _memory_estimate(self) -> int:
+        """Dict tables plus int objects (keys, masks, engine hashes, own-hash values)."""
+        int_size = sys.getsizeof(1 << 63)
+        total = sys.getsizeof(self._masks) + len(self._masks) * 2 * int_size
+        for rep in self._replicas.values():
+            total += sys.getsizeof(rep.engine_to_own) + sys.getsizeof(rep.dups)
+            total += len(rep.engine_to_own) * 2 * int_size
+        return total

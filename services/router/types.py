@@ -1,0 +1,164 @@
+"""Shared types of the router's pure core: hashes, request and replica views, policy config,
+decisions, and the core's errors (no I/O).
+
+Every cost in a `CostBreakdown` is in KV blocks, as in Dynamo's KV router: one block of
+prefill, one block of decode load, and the configured block-equivalents of a LoRA load and of
+a millisecond of network latency are summed into one number; lowest wins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import NewType
+
+from basalt.ids import ReplicaId
+
+# The router's own chained hash of one full block (64-bit), independent of any engine's hash.
+OwnBlockHash = NewType("OwnBlockHash", int)
+
+
+class InvalidBlockSize(ValueError):
+    """A block size that is not a positive integer."""
+
+    def __init__(self, block_size: int) -> None:
+        super().__init__(f"block_size must be a positive integer, got {block_size!r}")
+        self.block_size = block_size
+
+
+class InvalidPolicyConfig(ValueError):
+    """A policy setting out of its range; names the field, the value and the rule."""
+
+    def __init__(self, field_name: str, value: object, rule: str) -> None:
+        super().__init__(f"policy config {field_name}={value!r}: {rule}")
+        self.field_name = field_name
+        self.value = value
+        self.rule = rule
+
+
+class PolicyKind(Enum):
+    KV = "kv"
+    ROUND_ROBIN = "round_robin"
+    LEAST_LOADED = "least_loaded"
+    RANDOM = "random"
+    SESSION = "session"
+
+
+@dataclass(slots=True, frozen=True)
+class RouteRequest:
+    """What a policy knows of one request."""
+
+    num_prompt_tokens: int
+    # Full blocks of the prompt, as hashed by `hashing.block_hashes` (len of its result).
+    num_blocks: int
+    lora_name: str | None = None
+    # The client's region, when known; None means no region cost.
+    region: str | None = None
+    # Affinity key (e.g. a header value) for the `session` policy.
+    session_key: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ReplicaView:
+    """A candidate replica as the router last heard of it (record + load report)."""
+
+    replica_id: ReplicaId
+    region: str = ""
+    zone: str = ""
+    loras: frozenset[str] = frozenset()
+    kv_block_size: int = 16
+    kv_blocks_total: int = 0
+    kv_blocks_active: int = 0
+    num_running: int = 0
+    num_waiting: int = 0
+    healthy: bool = True
+    # The router skips the replica before this time (e.g. after an error); 0 = never.
+    skip_until: float = 0.0
+
+    @property
+    def kv_usage(self) -> float:
+        """Share of KV blocks in use, 0..1 (0 when the total is unknown)."""
+        if self.kv_blocks_total <= 0:
+            return 0.0
+        return self.kv_blocks_active / self.kv_blocks_total
+
+
+@dataclass(slots=True, frozen=True)
+class RegionLatency:
+    """Milliseconds between regions: the table first (either order), else same/remote defaults."""
+
+    table: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    same_region_ms: float = 0.0
+    remote_ms: float = 50.0
+
+    def ms(self, a: str, b: str) -> float:
+        found = self.table.get((a, b))
+        if found is None:
+            found = self.table.get((b, a))
+        if found is not None:
+            return found
+        return self.same_region_ms if a == b else self.remote_ms
+
+
+@dataclass(slots=True, frozen=True)
+class PolicyConfig:
+    """Weights and limits of the routing policies (one per deployment)."""
+
+    kind: PolicyKind = PolicyKind.KV
+    # Cost of one block that must be prefilled, relative to one block of decode load.
+    overlap_weight: float = 1.0
+    # A replica whose KV usage (0..1) or waiting count is past these is not a candidate.
+    busy_kv_usage: float = 0.95
+    busy_waiting: int = 32
+    # Decode-load blocks charged per request waiting in a replica's queue.
+    waiting_weight_blocks: float = 32.0
+    # Block-equivalents charged when the request's LoRA adapter is not loaded on the replica.
+    lora_load_penalty: float = 256.0
+    # Block-equivalents per millisecond of client-to-replica latency (2.0: a 50 ms remote
+    # region costs as much as prefilling 100 blocks).
+    region_penalty_per_ms: float = 2.0
+    # 0 = lowest cost wins; > 0 = softmax sampling over costs (in blocks), needs an rng.
+    temperature: float = 0.0
+    # Policy used by `session` when a request has no session key.
+    session_fallback: PolicyKind = PolicyKind.KV
+
+    def __post_init__(self) -> None:
+        for name in (
+            "overlap_weight",
+            "waiting_weight_blocks",
+            "lora_load_penalty",
+            "region_penalty_per_ms",
+            "temperature",
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise InvalidPolicyConfig(name, value, "must be a finite number >= 0")
+        if not 0.0 < self.busy_kv_usage <= 1.0:
+            raise InvalidPolicyConfig("busy_kv_usage", self.busy_kv_usage, "must be in (0, 1]")
+        if self.busy_waiting < 0:
+            raise InvalidPolicyConfig("busy_waiting", self.busy_waiting, "must be >= 0")
+        if self.session_fallback is PolicyKind.SESSION:
+            raise InvalidPolicyConfig("session_fallback", self.session_fallback, "not session")
+
+
+@dataclass(slots=True, frozen=True)
+class CostBreakdown:
+    """Why a replica cost what it did (all in blocks); `total` is what was compared."""
+
+    prefill_blocks: float
+    decode_blocks: float
+    queue_blocks: float
+    lora_penalty: float
+    region_cost: float
+    total: float
+
+
+@dataclass(slots=True, frozen=True)
+class Decision:
+    replica_id: ReplicaId
+    policy: PolicyKind
+    overlap_blocks: int
+    # Set by the `kv` policy (and by `session` when it fell back to `kv`).
+    cost: CostBreakdown | None = None

@@ -1,0 +1,243 @@
+"""PrefixIndex: what the router learns from KV events, and what `match` answers."""
+
+from __future__ import annotations
+
+import hashlib
+
+from basalt.ids import ReplicaId
+from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatchData
+from services.router.hashing import block_hashes
+from services.router.index import PrefixIndex
+
+BS = 4
+R1, R2 = ReplicaId("r1"), ReplicaId("r2")
+PROMPT = list(range(100, 124))  # 6 blocks of 4
+OTHER = list(range(500, 524))
+
+
+class FakeEngine:
+    """Publishes vLLM-style BlockStored events with its own (salted) engine hash."""
+
+    def __init__(self, salt: bytes) -> None:
+        self.salt = salt
+
+    def hashes(self, tokens: list[int], lora: str | None = None, extra: bytes = b"") -> list[int]:
+        out, parent = [], 0
+        for i in range(0, len(tokens) - BS + 1, BS):
+            data = repr((parent, tokens[i : i + BS], lora)).encode() + self.salt + extra
+            parent = int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
+            out.append(parent)
+        return out
+
+    def stored(
+        self, tokens: list[int], first: int, last: int, lora: str | None = None, extra: bytes = b""
+    ) -> BlockStored:
+        """BlockStored for blocks first..last-1 of `tokens`, chained to block first-1."""
+        hashes = self.hashes(tokens, lora, extra)
+        parent = hashes[first - 1] if first > 0 else None
+        return BlockStored(hashes[first:last], parent, tokens[first * BS : last * BS], BS, lora)
+
+
+A, B = FakeEngine(b"engine-a"), FakeEngine(b"engine-b")
+
+
+def batch(replica: str, seq: int, *events: object, epoch: str = "e1") -> KvEventBatchData:
+    return KvEventBatchData(replica, seq, 0.0, epoch, list(events))  # type: ignore[arg-type]
+
+
+def own(tokens: list[int], lora: str | None = None) -> list[int]:
+    return block_hashes(tokens, BS, lora)  # type: ignore[return-value]
+
+
+def test_stored_blocks_are_matched_as_a_leading_prefix() -> None:
+    index = PrefixIndex()
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 4)))
+    assert index.match(own(PROMPT)) == {R1: 4}
+    assert index.match(own(PROMPT[:8])) == {R1: 2}
+    assert index.match(own(OTHER)) == {}
+    assert index.match([]) == {}
+
+
+def test_a_parent_in_an_earlier_batch_chains_the_next_blocks() -> None:
+    index = PrefixIndex()
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 2)))
+    result = index.apply(batch("r1", 1, A.stored(PROMPT, 2, 3), A.stored(PROMPT, 3, 6)))
+    assert result.stored_blocks == 4 and not result.need_dump
+    assert index.match(own(PROMPT)) == {R1: 6}
+
+
+def test_match_stops_at_the_first_missing_block() -> None:
+    index = PrefixIndex()
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 6)))
+    index.apply(batch("r1", 1, BlockRemoved([A.hashes(PROMPT)[2]])))
+    assert index.match(own(PROMPT)) == {R1: 2}
+    index.apply(batch("r1", 2, BlockRemoved([A.hashes(PROMPT)[0]])))
+    assert index.match(own(PROMPT)) == {}
+
+
+def test_each_replica_gets_its_own_depth() -> None:
+    index = PrefixIndex()
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 6)))
+    index.apply(batch("r2", 0, B.stored(PROMPT, 0, 3)))
+    index.apply(batch("r3", 0, A.stored(OTHER, 0, 6)))
+    assert index.match(own(PROMPT)) == {R1: 6, R2: 3}
+
+
+def test_engines_with_different_hash_functions_meet_on_the_same_blocks() -> None:
+    assert A.hashes(PROMPT) != B.hashes(PROMPT)
+    index = PrefixIndex()
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 3), A.stored(PROMPT, 3, 6)))
+    index.apply(batch("r2", 0, B.stored(PROMPT, 0, 1), B.stored(PROMPT, 1, 6)))
+    assert index.match(own(PROMPT)) == {R1: 6, R2: 6}
+    assert index.stats().distinct_hashes == 6
+    assert index.stats().blocks == 12
+
+
+def test_blocks_stored_under_a_lora_match_only_that_lora() -> None:
+    index = PrefixIndex()
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 6, lora="sql")))
+    assert index.match(own(PROMPT, "sql")) == {R1: 6}
+    assert index.match(own(PROMPT)) == {}
+    assert index.match(own(PROMPT, "chat")) == {}
+
+
+def test_all_blocks_cleared_drops_only_that_replica() -> None:
+    index = PrefixIndex()
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 6)))
+    index.apply(batch("r2", 0, B.stored(PROMPT, 0, 6)))
+    index.apply(batch("r1", 1, AllBlocksCleared()))
+    assert index.match(own(PROMPT)) == {R2: 6}
+    assert index.stats().blocks == 6
+
+
+def test_a_block_whose_parent_is_unknown_is_skipped_and_counted() -> None:
+    index = PrefixIndex()
+    result = index.apply(batch("r1", 0, A.stored(PROMPT, 2, 6)))
+    assert result.skipped_blocks == 4 and result.stored_blocks == 0
+    assert index.stats().skipped_blocks == 4 and index.stats().skipped_events == 1
+    assert index.match(own(PROMPT)) == {}
+
+
+def test_removing_an_unknown_block_changes_nothing() -> None:
+    index = PrefixIndex()
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 6)))
+    index.apply(batch("r1", 1, BlockRemoved([12345])))
+    assert index.match(own(PROMPT)) == {R1: 6}
+    assert index.stats().unknown_removals == 1
+
+
+def test_one_block_under_two_engine_hashes_survives_removing_one() -> None:
+    # Same tokens, different engine-side extra keys (e.g. a cache salt): one own hash.
+    index = PrefixIndex()
+    plain, salted = A.stored(PROMPT, 0, 6), A.stored(PROMPT, 0, 6, extra=b"salt")
+    index.apply(batch("r1", 0, plain, salted))
+    index.apply(batch("r1", 1, BlockRemoved(salted.block_hashes)))
+    assert index.match(own(PROMPT)) == {R1: 6}
+    index.apply(batch("r1", 2, BlockRemoved(plain.block_hashes)))
+    assert index.match(own(PROMPT)) == {}
+    assert index.stats().blocks == 0 and index.stats().distinct_hashes == 0
+
+
+def test_a_seq_gap_asks_for_a_dump_and_keeps_what_it_can_chain() -> None:
+    index = PrefixIndex()
+    assert not index.apply(batch("r1", 0, A.stored(PROMPT, 0, 2))).need_dump
+    result = index.apply(batch("r1", 5, A.stored(PROMPT, 2, 6)))
+    assert result.need_dump and not result.reset
+    assert index.match(own(PROMPT)) == {R1: 6}
+    assert not index.apply(batch("r1", 6)).need_dump
+    assert index.stats().dumps_requested == 1
+
+
+def test_first_batch_seen_mid_stream_asks_for_a_dump() -> None:
+    index = PrefixIndex()
+    assert index.apply(batch("r1", 41, A.stored(PROMPT, 0, 6))).need_dump
+    assert not index.apply(batch("r2", 0, B.stored(PROMPT, 0, 6))).need_dump
+
+
+def test_a_new_epoch_drops_the_replicas_old_entries() -> None:
+    index = PrefixIndex()
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 6)))
+    index.apply(batch("r1", 1, A.stored(OTHER, 0, 6)))
+    result = index.apply(batch("r1", 0, A.stored(OTHER, 0, 2), epoch="e2"))
+    assert result.reset and not result.need_dump
+    assert index.match(own(PROMPT)) == {}
+    assert index.match(own(OTHER)) == {R1: 2}
+    assert index.seq_of(R1) == ("e2", 0)
+
+
+def test_seq_going_backwards_resets_and_asks_for_a_dump() -> None:
+    index = PrefixIndex()
+    for seq in range(4):
+        index.apply(batch("r1", seq, A.stored(PROMPT, seq, seq + 1)))
+    result = index.apply(batch("r1", 2, A.stored(OTHER, 0, 1)))
+    assert result.reset and result.need_dump
+    assert index.match(own(PROMPT)) == {}
+    assert index.match(own(OTHER)) == {R1: 1}
+
+
+def test_a_repeated_batch_is_ignored() -> None:
+    index = PrefixIndex()
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 6)))
+    result = index.apply(batch("r1", 0, AllBlocksCleared()))
+    assert result.stale
+    assert index.match(own(PROMPT)) == {R1: 6}
+
+
+def test_a_dump_replaces_entries_and_older_batches_are_then_ignored() -> None:
+    index = PrefixIndex()
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 6)))
+    index.apply(batch("r1", 3, A.stored(OTHER, 0, 1)))  # gap: the adapter fetches a dump
+    dump = [A.stored(OTHER, 0, 3), A.stored(OTHER, 3, 4)]
+    index.apply_dump(R1, "e1", 5, dump)
+    assert index.match(own(PROMPT)) == {}
+    assert index.match(own(OTHER)) == {R1: 4}
+    # Batches 4 and 5 were in flight while the dump was taken: already in it.
+    assert index.apply(batch("r1", 4, AllBlocksCleared())).stale
+    assert index.apply(batch("r1", 5, AllBlocksCleared())).stale
+    assert index.match(own(OTHER)) == {R1: 4}
+    result = index.apply(batch("r1", 6, A.stored(OTHER, 4, 6)))
+    assert not result.need_dump and not result.stale
+    assert index.match(own(OTHER)) == {R1: 6}
+
+
+def test_a_dump_for_an_unknown_replica_registers_it() -> None:
+    index = PrefixIndex()
+    index.apply_dump(R2, "e9", 12, [B.stored(PROMPT, 0, 6)])
+    assert index.match(own(PROMPT)) == {R2: 6}
+    assert not index.apply(batch("r2", 13, epoch="e9")).need_dump
+
+
+def test_a_removed_replica_is_forgotten_and_its_slot_starts_empty() -> None:
+    index = PrefixIndex()
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 6)))
+    index.apply(batch("r2", 0, B.stored(PROMPT, 0, 6)))
+    assert index.remove_replica(R1)
+    assert not index.remove_replica(R1)
+    assert index.match(own(PROMPT)) == {R2: 6}
+    index.apply(batch("r3", 0, A.stored(OTHER, 0, 6)))  # takes r1's freed slot
+    assert index.match(own(PROMPT)) == {R2: 6}
+    assert index.match(own(OTHER)) == {ReplicaId("r3"): 6}
+    assert sorted(index.replicas()) == [R2, ReplicaId("r3")]
+
+
+def test_two_indexes_fed_the_same_events_answer_the_same() -> None:
+    batches = [
+        batch("r1", 0, A.stored(PROMPT, 0, 6)),
+        batch("r2", 0, B.stored(PROMPT, 0, 3)),
+        batch("r1", 1, BlockRemoved([A.hashes(PROMPT)[4]])),
+    ]
+    first, second = PrefixIndex(), PrefixIndex()
+    for b in batches:
+        first.apply(b)
+        second.apply(b)
+    assert first.match(own(PROMPT)) == second.match(own(PROMPT)) == {R1: 4, R2: 3}
+
+
+def test_stats_count_blocks_replicas_and_memory() -> None:
+    index = PrefixIndex()
+    empty = index.stats().memory_bytes
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 6)))
+    index.apply(batch("r2", 0, B.stored(PROMPT, 0, 6), B.stored(OTHER, 0, 6)))
+    stats = index.stats()
+    assert (stats.replicas, stats.blocks, stats.distinct_hashes) == (2, 18, 12)
+    assert stats.memory_bytes > empty
