@@ -8,6 +8,7 @@ from basalt.ids import ReplicaId
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatchData
 from services.router.hashing import block_hashes
 from services.router.index import PrefixIndex
+from services.router.types import OwnBlockHash
 
 BS = 4
 R1, R2 = ReplicaId("r1"), ReplicaId("r2")
@@ -45,8 +46,8 @@ def batch(replica: str, seq: int, *events: object, epoch: str = "e1") -> KvEvent
     return KvEventBatchData(replica, seq, 0.0, epoch, list(events))  # type: ignore[arg-type]
 
 
-def own(tokens: list[int], lora: str | None = None) -> list[int]:
-    return block_hashes(tokens, BS, lora)  # type: ignore[return-value]
+def own(tokens: list[int], lora: str | None = None) -> list[OwnBlockHash]:
+    return block_hashes(tokens, BS, lora)
 
 
 def test_stored_blocks_are_matched_as_a_leading_prefix() -> None:
