@@ -59,7 +59,8 @@ def blake2b_64(data: bytes) -> int:
     return int.from_bytes(blake2b(data, digest_size=8).digest(), "little")
 
 
-def _token_bytes(token_ids: Sequence[int]) -> bytes:
+def token_bytes(token_ids: Sequence[int]) -> bytes:
+    """Token ids as little-endian uint32 bytes."""
     arr = array("I", token_ids)
     if _BIG_ENDIAN:  # pragma: no cover - only on big-endian hosts
         arr.byteswap()
@@ -79,7 +80,7 @@ def hash_block_tokens(
     lora_name: str | None,
 ) -> EngineBlockHash:
     """Hash of one full block: parent hash, uint32 token ids, then the LoRA name if any."""
-    data = parent_block_hash.to_bytes(8, "little") + _token_bytes(block_token_ids)
+    data = parent_block_hash.to_bytes(8, "little") + token_bytes(block_token_ids)
     if lora_name:
         data += b"\x00lora:" + lora_name.encode("utf-8")
     return EngineBlockHash(hash_function(data) & _U64)
