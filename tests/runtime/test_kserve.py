@@ -119,7 +119,10 @@ def triton() -> Iterator[Callable[..., Any]]:
 @pytest.fixture(scope="module")
 def sim(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = RuntimeProcess(
-        nats_server.url, tmp_path_factory.mktemp("kserve-sim"), engine="sim", replica_id="ks-sim",
+        nats_server.url,
+        tmp_path_factory.mktemp("kserve-sim"),
+        engine="sim",
+        replica_id="ks-sim",
         extra=["--model-name", SIM_MODEL, "--deployment", "kserve", "--sim-time-scale", "0.05"],
     ).start()
     yield proc.address
@@ -127,9 +130,14 @@ def sim(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="module")
-def python_model(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def python_model(
+    nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     proc = RuntimeProcess(
-        nats_server.url, tmp_path_factory.mktemp("kserve-py"), engine="python", replica_id="ks-py",
+        nats_server.url,
+        tmp_path_factory.mktemp("kserve-py"),
+        engine="python",
+        replica_id="ks-py",
         extra=["--model", str(MODELS / "echo"), "--model-name", PY_MODEL, "--deployment", "kserve"],
     ).start()
     yield proc.address
