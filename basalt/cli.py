@@ -10,6 +10,8 @@ USAGE = """basalt <command> [args]
 
 commands:
   runtime            run one replica (basalt runtime --help)
+  router             run the router (basalt router --help)
+  keys create        make an API key (stored hashed in NATS KV; shown once)
   make-tiny-model    build the tiny test model (random weights, local tokenizer) into DIR
   bench              run a benchmark: basalt bench {runtime,index,routing} --help
   up                 start the local stack (basalt up --help)
@@ -23,6 +25,28 @@ def _make_tiny_model(args: list[str]) -> int:
     from basalt.tinymodel import make_tiny_model
 
     print(make_tiny_model(ns.dir))
+    return 0
+
+
+def _keys(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="basalt keys")
+    sub = parser.add_subparsers(dest="action", required=True)
+    create = sub.add_parser("create", help="make an API key; prints it once")
+    create.add_argument("--name", default="default", help="a label for the key")
+    create.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    ns = parser.parse_args(args)
+    import asyncio
+
+    from basalt import apikeys, bus
+
+    async def go() -> str:
+        nc = await bus.connect(ns.nats_url, name="basalt-cli")
+        try:
+            return await apikeys.create(nc, ns.name)
+        finally:
+            await nc.close()
+
+    print(asyncio.run(go()))
     return 0
 
 
@@ -53,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         from services.runtime.main import main as runtime_main
 
         return runtime_main(rest)
+    if cmd == "router":
+        from services.router.main import main as router_main
+
+        return router_main(rest)
+    if cmd == "keys":
+        return _keys(rest)
     if cmd == "make-tiny-model":
         return _make_tiny_model(rest)
     if cmd == "bench":

@@ -39,27 +39,38 @@ class RuntimeProcess:
         return self.workdir / f"{self.replica_id}.log"
 
     def start(self, timeout: float = 60.0) -> "RuntimeProcess":
+        return self.launch().wait_ready(timeout)
+
+    @property
+    def ready_path(self) -> Path:
+        return self.workdir / f"{self.replica_id}.ready.json"
+
+    def launch(self) -> "RuntimeProcess":
+        """Start the process without waiting (start several, then wait for each)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.grpc_port = self.grpc_port or free_port()
-        ready = self.workdir / f"{self.replica_id}.ready.json"
-        ready.unlink(missing_ok=True)
+        self.ready_path.unlink(missing_ok=True)
         cmd = [
             sys.executable, "-m", "services.runtime", "--engine", self.engine,
             "--replica-id", self.replica_id, "--grpc-port", str(self.grpc_port),
-            "--nats-url", self.nats_url, "--ready-file", str(ready), *self.extra,
+            "--nats-url", self.nats_url, "--ready-file", str(self.ready_path), *self.extra,
         ]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> "RuntimeProcess":
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
-        while not ready.exists():
+        while not self.ready_path.exists():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"runtime exited {self.proc.returncode}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 self.kill()
                 raise TimeoutError(f"runtime not ready in {timeout}s:\n{self.log_tail()}")
             time.sleep(0.1)
-        self.record = json.loads(ready.read_text())
+        self.record = json.loads(self.ready_path.read_text())
         return self
 
     def log_tail(self, n: int = 4000) -> str:

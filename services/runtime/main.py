@@ -135,7 +135,10 @@ class Replica:
         if self.settings.ready_file:
             from google.protobuf.json_format import MessageToDict
 
-            Path(self.settings.ready_file).write_text(json.dumps(MessageToDict(self.record())))
+            path = Path(self.settings.ready_file)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(MessageToDict(self.record())))
+            tmp.replace(path)  # readers never see half a file
 
     async def _export_gauges(self) -> None:
         labels = {"model": self.model_name, "replica": self.replica_id}

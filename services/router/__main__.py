@@ -1,0 +1,8 @@
+"""`python -m services.router`: run the router (see `basalt router --help`)."""
+
+import sys
+
+from .main import main
+
+if __name__ == "__main__":
+    sys.exit(main())

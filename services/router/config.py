@@ -1,0 +1,35 @@
+"""The router's settings: flags and BASALT_ROUTER_* environment variables (no I/O)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from basalt.config import ServiceSettings
+
+
+class RouterSettings(ServiceSettings):
+    """OpenAI HTTP and KServe v2 gRPC front doors; KV-, LoRA-, region- and load-aware routing."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BASALT_ROUTER_", cli_kebab_case=True, cli_implicit_flags=True,
+        extra="forbid", cli_avoid_json=True,
+    )
+
+    http_host: str = Field("127.0.0.1", description="Address of the OpenAI-compatible HTTP server.")
+    http_port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP server.")
+    grpc_host: str = Field("127.0.0.1", description="Address of the KServe v2 gRPC server.")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the KServe v2 gRPC server (0 = any free port).")
+    region: str = Field("local", description="This router's region; used when a request names none.")
+    region_header: str = Field("x-basalt-region", description="Header carrying the client's region.")
+    session_header: str = Field("x-session-id", description="Header carrying the session key for the `session` policy.")
+    deployments_file: str = Field("", description="YAML deployments file to serve besides the control plane's deployments.")
+    auth: bool = Field(False, description="Require an API key (`basalt keys create`) on every route but /health.")
+    overlap_weight: float = Field(1.0, ge=0, description="kv policy: cost of one block to prefill, relative to one block of decode load.")
+    busy_kv_usage: float = Field(0.95, gt=0, le=1, description="A replica with KV usage above this takes no new requests.")
+    busy_waiting: int = Field(32, ge=0, description="A replica with more waiting requests than this takes no new requests.")
+    lora_load_penalty: float = Field(256.0, ge=0, description="kv policy: block-equivalents charged when the LoRA adapter is not loaded.")
+    region_penalty_per_ms: float = Field(2.0, ge=0, description="kv policy: block-equivalents per ms of client-to-replica latency.")
+    remote_region_ms: float = Field(50.0, ge=0, description="Assumed latency to a replica in another region, in ms.")
+    seed: int = Field(0, description="Seed for the random policy.")
+    ready_file: str = Field("", description="Write the bound ports as JSON to this file once serving (for scripts).")

@@ -1,0 +1,82 @@
+"""Errors the router answers with; each knows its HTTP status, gRPC code and OpenAI type (no I/O)."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class RouterError(Exception):
+    status = 500
+    grpc_code = grpc.StatusCode.INTERNAL
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": None,
+                          "code": self.code}}
+
+
+class BadRequest(RouterError):
+    status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    type = "invalid_request_error"
+
+
+class Unauthorized(RouterError):
+    status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(RouterError):
+    status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` does not exist or is not active.")
+        self.model = model
+
+
+class QueueFull(RouterError):
+    status = 429
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    type = "rate_limit_error"
+    code = "queue_full"
+
+    def __init__(self, deployment_id: str, limit: int) -> None:
+        super().__init__(
+            f"deployment {deployment_id!r} has {limit} requests waiting already (its queue "
+            f"limit); retry later"
+        )
+        self.deployment_id = deployment_id
+        self.limit = limit
+
+
+class NoReplica(RouterError):
+    status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    type = "service_unavailable"
+    code = "no_replica"
+
+    def __init__(self, deployment_id: str, waited_s: float, why: str) -> None:
+        super().__init__(
+            f"no replica of deployment {deployment_id!r} could take the request within "
+            f"{waited_s:.1f}s ({why})"
+        )
+        self.deployment_id = deployment_id
+
+
+class ReplicaFailed(RouterError):
+    """A replica failed after streaming had begun; the stream ends with this error."""
+
+    status = 502
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    type = "replica_error"
+    code = "replica_failed"

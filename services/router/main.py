@@ -1,0 +1,108 @@
+"""The router process: parse settings, wire NATS watchers, dispatcher and front doors (does I/O)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from basalt import apikeys, bus, deployfile, log as blog, subjects
+from basalt.config import parse
+from basalt.metrics import serve_metrics
+
+from .config import RouterSettings
+from .deployments import DeploymentTable
+from .dispatch import Channels, Dispatcher
+from .fleet import Fleet
+from .index import PrefixIndex
+from .openai_api import AppState, create_app
+from .tokenizers import Tokenizers
+from .types import PolicyConfig, RegionLatency
+from .watchers import StateWatcher
+
+log = blog.get_logger(__name__)
+
+
+def _policy(s: RouterSettings) -> PolicyConfig:
+    return PolicyConfig(
+        overlap_weight=s.overlap_weight, busy_kv_usage=s.busy_kv_usage,
+        busy_waiting=s.busy_waiting, lora_load_penalty=s.lora_load_penalty,
+        region_penalty_per_ms=s.region_penalty_per_ms,
+    )
+
+
+async def run(s: RouterSettings) -> int:
+    nc = await bus.connect(s.nats_url, name="router")
+    table = DeploymentTable()
+    if s.deployments_file:
+        parsed = deployfile.load(s.deployments_file, base_dir=Path(s.deployments_file).parent)
+        for dep in parsed.deployments:
+            table.put_deployment(dep.to_record())
+        for env in parsed.environments:
+            table.put_environment(env.to_record())
+    fleet = Fleet(ttl_s=subjects.REPLICAS_TTL_S)
+    index = PrefixIndex(seed=s.seed)
+    channels = Channels()
+    dispatcher = Dispatcher(
+        fleet, index, channels, region=s.region,
+        latency=RegionLatency(remote_ms=s.remote_region_ms), base_policy=_policy(s),
+        publish=lambda subject, data: asyncio.ensure_future(nc.publish(subject, data)),
+        seed=s.seed,
+    )
+    watcher = StateWatcher(nc, fleet, index, table, channels, changed=dispatcher.changed.set)
+    await watcher.start()
+    verifier = None
+    if s.auth:
+        verifier = apikeys.KeyVerifier(await bus.kv_bucket(nc, subjects.API_KEYS_BUCKET))
+    tokenizers = Tokenizers()
+    app = create_app(AppState(table, dispatcher, tokenizers, verifier,
+                              s.region_header.lower(), s.session_header.lower()))
+    kserve_port = await _start_kserve(s, table, dispatcher, tokenizers, verifier)
+    metrics_port = serve_metrics(s.metrics_host, s.metrics_port)
+    server = uvicorn.Server(uvicorn.Config(app, host=s.http_host, port=s.http_port,
+                                           log_level="warning", lifespan="off"))
+    serve_task = asyncio.create_task(server.serve())
+    while not server.started:
+        if serve_task.done():
+            return 1
+        await asyncio.sleep(0.05)
+    http_port = server.servers[0].sockets[0].getsockname()[1]
+    log.info("router_ready", http=f"{s.http_host}:{http_port}", kserve_grpc=kserve_port,
+             metrics=metrics_port, auth=s.auth)
+    if s.ready_file:
+        tmp = Path(s.ready_file).with_suffix(".tmp")
+        tmp.write_text(json.dumps(
+            {"http_port": http_port, "grpc_port": kserve_port, "metrics_port": metrics_port}))
+        tmp.replace(s.ready_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await asyncio.wait([serve_task, asyncio.create_task(stop.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    await serve_task
+    await watcher.stop()
+    await channels.close()
+    await nc.drain()
+    return 0
+
+
+async def _start_kserve(s, table, dispatcher, tokenizers, verifier) -> int:  # type: ignore[no-untyped-def]
+    """The KServe v2 gRPC front door, when its module is present."""
+    try:
+        from .kserve import start_kserve_server
+    except ImportError:
+        log.warning("kserve_front_door_missing")
+        return 0
+    return await start_kserve_server(s, table, dispatcher, tokenizers, verifier)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse(RouterSettings, sys.argv[1:] if argv is None else argv, "basalt router")
+    blog.configure("router", settings.log_level)
+    return asyncio.run(run(settings))

@@ -1,0 +1,258 @@
+"""OpenAI-compatible HTTP front door and the predict route (does I/O: FastAPI)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from basalt.apikeys import KeyVerifier, key_from_header
+from basalt.log import bind_request_id, clear_request_id, get_logger
+from basalt.pb import runtime_pb2
+
+from .deployments import DeploymentTable, Route
+from .dispatch import Dispatcher, RequestContext
+from .errors import BadRequest, ModelNotFound, RouterError, Unauthorized
+from .openai_types import ChatCompletionRequest, CompletionRequest, _Sampling
+from .tokenizers import Tokenizers
+
+log = get_logger(__name__)
+FINISH = {runtime_pb2.FINISH_REASON_STOP: "stop", runtime_pb2.FINISH_REASON_LENGTH: "length",
+          runtime_pb2.FINISH_REASON_ABORT: "abort"}
+OPEN_PATHS = ("/health",)
+DEFAULT_CHAT_MAX_TOKENS = 256
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+@dataclass(slots=True)
+class AppState:
+    table: DeploymentTable
+    dispatcher: Dispatcher
+    tokenizers: Tokenizers
+    verifier: KeyVerifier | None
+    region_header: str = "x-basalt-region"
+    session_header: str = "x-session-id"
+
+
+def _error(e: RouterError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+def create_app(state: AppState) -> FastAPI:
+    app = FastAPI(title="basalt router", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(RouterError)
+    async def _router_error(_: Request, e: RouterError) -> JSONResponse:
+        return _error(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(x) for x in err['loc'] if x != 'body')}: {err['msg']}"
+                 for err in e.errors()]
+        return _error(BadRequest("; ".join(parts) or "invalid request body"))
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):  # type: ignore[no-untyped-def]
+        if state.verifier is not None and request.url.path not in OPEN_PATHS:
+            key = key_from_header(request.headers.get("authorization"))
+            if not await state.verifier.verify(key):
+                return _error(Unauthorized("missing or invalid API key"))
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": owner}
+                for name, owner in state.table.model_names()]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, request: Request) -> Response:
+        route = _resolve(state, body.model)
+        tok = state.tokenizers.for_deployment(route.deployment)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        prompt = tok.apply_chat_template(messages)
+        max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_CHAT_MAX_TOKENS
+        return await _serve(state, request, body, route, prompt, max_tokens, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        route = _resolve(state, body.model)
+        try:
+            prompt_in = body.prompt_one()
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        tok = state.tokenizers.for_deployment(route.deployment)
+        prompt = tok.encode(prompt_in) if isinstance(prompt_in, str) else list(prompt_in)
+        if not prompt:
+            raise BadRequest("prompt is empty")
+        max_tokens = body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
+        return await _serve(state, request, body, route, prompt, max_tokens, chat=False)
+
+    @app.post("/v1/models/{name}/predict")
+    async def predict(name: str, request: Request) -> Response:
+        route = _resolve(state, name, llm=False)
+        raw = await request.body()
+        try:
+            json.loads(raw or b"null")
+        except ValueError as e:
+            raise BadRequest(f"body is not JSON: {e}") from None
+        ctx = _context(state, request)
+        stream = state.dispatcher.predict(route, raw, ctx)
+        first = await anext(stream)
+        headers = {"x-basalt-replica": ctx.replica_id, "x-request-id": ctx.request_id}
+        try:
+            second = await anext(stream)
+        except StopAsyncIteration:
+            return Response(first, media_type="application/json", headers=headers)
+
+        async def lines() -> AsyncIterator[bytes]:
+            yield first + b"\n"
+            yield second + b"\n"
+            async for item in stream:
+                yield item + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
+
+    return app
+
+
+def _resolve(state: AppState, name: str, llm: bool = True) -> Route:
+    route = state.table.resolve(name)
+    if route is None:
+        raise ModelNotFound(name)
+    is_python = route.deployment.spec.engine == "python"
+    if llm and is_python:
+        raise BadRequest(f"model {name!r} is a python model: POST /v1/models/{name}/predict")
+    if not llm and not is_python:
+        raise BadRequest(f"model {name!r} is an LLM: use /v1/chat/completions or /v1/completions")
+    return route
+
+
+def _context(state: AppState, request: Request) -> RequestContext:
+    rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+    bind_request_id(rid)
+    return RequestContext(
+        request_id=rid,
+        client_region=request.headers.get(state.region_header),
+        session_key=request.headers.get(state.session_header),
+    )
+
+
+def _sampling(body: _Sampling, max_tokens: int) -> runtime_pb2.SamplingParams:
+    s = runtime_pb2.SamplingParams(max_tokens=max_tokens, stop=body.stop_list(),
+                                   ignore_eos=body.ignore_eos)
+    if body.temperature is not None:
+        s.temperature = body.temperature
+    if body.top_p is not None:
+        s.top_p = body.top_p
+    if body.top_k is not None and body.top_k > 0:
+        s.top_k = body.top_k
+    if body.seed is not None:
+        s.seed = body.seed
+    return s
+
+
+async def _serve(
+    state: AppState, request: Request, body: _Sampling, route: Route, prompt: list[int],
+    max_tokens: int, chat: bool,
+) -> Response:
+    ctx = _context(state, request)
+    stream = state.dispatcher.generate(route, prompt, _sampling(body, max_tokens), ctx)
+    fmt = _Format(ctx.request_id, body.model, chat)
+    try:
+        first = await anext(stream)  # errors before the first token become HTTP errors
+    except StopAsyncIteration:
+        first = runtime_pb2.GenerateResponse()
+    finally:
+        clear_request_id()
+    headers = {"x-basalt-replica": ctx.replica_id, "x-request-id": ctx.request_id}
+    if not body.stream:
+        return JSONResponse(await fmt.whole(first, stream, len(prompt)), headers=headers)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(fmt.sse(first, stream, include_usage, len(prompt)),
+                             media_type="text/event-stream", headers=headers)
+
+
+class _Format:
+    """Builds OpenAI's JSON bodies and SSE chunks from runtime responses."""
+
+    def __init__(self, request_id: str, model: str, chat: bool) -> None:
+        self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
+        self.model = model
+        self.chat = chat
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+
+    def _usage(self, resp: runtime_pb2.GenerateResponse, prompt_len: int, completion: int) -> dict:
+        u = resp.usage
+        prompt_tokens = u.prompt_tokens or prompt_len
+        completion_tokens = u.completion_tokens or completion
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": u.cached_prompt_tokens}}
+
+    async def whole(self, first, stream, prompt_len: int) -> dict:  # type: ignore[no-untyped-def]
+        text, last, n = [first.text], first, len(first.token_ids)
+        async for resp in stream:
+            text.append(resp.text)
+            n += len(resp.token_ids)
+            last = resp
+        finish = FINISH.get(last.finish_reason)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if self.chat:
+            choice["message"] = {"role": "assistant", "content": "".join(text)}
+        else:
+            choice["text"] = "".join(text)
+        return {"id": self.id, "object": self.object, "created": self.created,
+                "model": self.model, "choices": [choice], "usage": self._usage(last, prompt_len, n)}
+
+    def _chunk(self, text: str, finish: str | None, first: bool) -> bytes:
+        if self.chat:
+            delta: dict[str, Any] = {"content": text}
+            if first:
+                delta["role"] = "assistant"
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            obj = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+            obj = "text_completion"
+        body = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": [choice]}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    async def sse(self, first, stream, include_usage: bool, prompt_len: int) -> AsyncIterator[bytes]:  # type: ignore[no-untyped-def]
+        last, n, is_first = first, len(first.token_ids), True
+        resp = first
+        try:
+            while True:
+                finish = FINISH.get(resp.finish_reason)
+                yield self._chunk(resp.text, finish, is_first)
+                is_first = False
+                last = resp
+                try:
+                    resp = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                n += len(resp.token_ids)
+        except RouterError as e:
+            log.warning("stream_failed", error=e.message)
+            yield b"data: " + json.dumps(e.body()).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            return
+        if include_usage:
+            body = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                    "created": self.created, "model": self.model, "choices": [],
+                    "usage": self._usage(last, prompt_len, n)}
+            yield b"data: " + json.dumps(body).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"

@@ -1,0 +1,172 @@
+"""Feeds the router's state from NATS: replica records, load, KV events, deployments (does I/O)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
+
+from basalt import bus, subjects
+from basalt.kvevents import batch_from_proto, stored_from_proto
+from basalt.log import get_logger
+from basalt.pb import deploy_pb2, events_pb2, runtime_pb2
+
+from . import metrics
+from .deployments import DeploymentTable
+from .dispatch import Channels
+from .fleet import Fleet
+from .index import PrefixIndex
+
+log = get_logger(__name__)
+DELETED = ("DEL", "PURGE")
+
+
+class StateWatcher:
+    """Keeps fleet, index and deployment table current; `changed()` wakes queued requests."""
+
+    def __init__(
+        self, nc: Client, fleet: Fleet, index: PrefixIndex, table: DeploymentTable,
+        channels: Channels, changed: Callable[[], None],
+    ) -> None:
+        self.nc = nc
+        self.fleet = fleet
+        self.index = index
+        self.table = table
+        self.channels = channels
+        self.changed = changed
+        self._tasks: list[asyncio.Task] = []
+        self._dumping: set[str] = set()
+        # Batches that arrive while a replica's dump is in flight, applied after it.
+        self._held: dict[str, list] = {}
+        self.synced = asyncio.Event()
+
+    async def start(self) -> None:
+        replicas = await bus.replicas_bucket(self.nc)
+        deployments = await bus.kv_bucket(self.nc, subjects.DEPLOYMENTS_BUCKET)
+        environments = await bus.kv_bucket(self.nc, subjects.ENVIRONMENTS_BUCKET)
+        await self.nc.subscribe(subjects.LOAD_ALL, cb=self._on_load)
+        await self.nc.subscribe(subjects.KV_EVENTS_ALL, cb=self._on_kv)
+        ready = [asyncio.Event() for _ in range(3)]
+        self._tasks += [
+            asyncio.create_task(self._watch(replicas, self._on_replica, ready[0])),
+            asyncio.create_task(self._watch(deployments, self._on_deployment, ready[1])),
+            asyncio.create_task(self._watch(environments, self._on_environment, ready[2])),
+            asyncio.create_task(self._expire_loop()),
+        ]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), timeout=10)
+        self.synced.set()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+
+    async def _watch(self, bucket: KeyValue, handle: Callable, ready: asyncio.Event) -> None:
+        while True:
+            try:
+                watcher = await bucket.watchall()
+                async for entry in watcher:
+                    if entry is None:
+                        ready.set()
+                        continue
+                    try:
+                        handle(entry.key, None if entry.operation in DELETED else entry.value)
+                    except Exception as e:
+                        log.warning("bad_kv_entry", bucket=bucket._name, key=entry.key, error=str(e))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("kv_watch_restart", error=str(e))
+                await asyncio.sleep(1.0)
+
+    def _on_replica(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            self._forget(key)
+            return
+        rec = events_pb2.ReplicaRecord.FromString(value)
+        if self.fleet.upsert(rec, time.monotonic()):
+            log.info("replica_seen", replica=rec.replica_id, deployment=rec.deployment,
+                     state=events_pb2.ReplicaState.Name(rec.state))
+            self._request_dump(rec.replica_id)
+        self.changed()
+
+    def _forget(self, replica_id: str) -> None:
+        state = self.fleet.get(replica_id)
+        if state is not None:
+            asyncio.create_task(self.channels.drop(state.record.grpc_address))
+        self.fleet.remove(replica_id)
+        self.index.remove_replica(replica_id)
+        log.info("replica_gone", replica=replica_id)
+        self.changed()
+
+    def _on_deployment(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            self.table.remove_deployment(key)
+        else:
+            self.table.put_deployment(deploy_pb2.DeploymentRecord.FromString(value))
+        self.changed()
+
+    def _on_environment(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            model, _, env = key.rpartition(".")
+            self.table.remove_environment(model, env)
+        else:
+            self.table.put_environment(deploy_pb2.EnvironmentRecord.FromString(value))
+        self.changed()
+
+    async def _on_load(self, msg) -> None:
+        try:
+            self.fleet.update_load(events_pb2.LoadReport.FromString(msg.data), time.monotonic())
+        except Exception as e:
+            log.warning("bad_load_report", error=str(e))
+            return
+        self.changed()
+
+    async def _on_kv(self, msg) -> None:
+        try:
+            batch = batch_from_proto(events_pb2.KvEventBatch.FromString(msg.data))
+        except Exception as e:
+            log.warning("bad_kv_batch", subject=msg.subject, error=str(e))
+            return
+        if batch.replica_id not in self.fleet:
+            return  # not registered (yet): its record's arrival triggers a dump
+        if batch.replica_id in self._dumping:
+            self._held.setdefault(batch.replica_id, []).append(batch)
+            return
+        result = self.index.apply(batch)
+        if result.need_dump:
+            self._request_dump(batch.replica_id)
+
+    def _request_dump(self, replica_id: str) -> None:
+        if replica_id not in self._dumping:
+            self._dumping.add(replica_id)
+            asyncio.create_task(self._dump(replica_id))
+
+    async def _dump(self, replica_id: str) -> None:
+        try:
+            state = self.fleet.get(replica_id)
+            if state is None or not state.record.grpc_address:
+                return
+            stub = self.channels.stub(state.record.grpc_address)
+            dump = await stub.DumpKvState(runtime_pb2.DumpKvStateRequest(), timeout=10)
+            self.index.apply_dump(
+                replica_id, dump.epoch, dump.seq, [stored_from_proto(b) for b in dump.blocks]
+            )
+            metrics.KV_DUMPS.inc()
+            log.info("kv_dump_applied", replica=replica_id, blocks=len(dump.blocks), seq=dump.seq)
+        except Exception as e:
+            log.warning("kv_dump_failed", replica=replica_id, error=str(e))
+        finally:
+            self._dumping.discard(replica_id)
+            for batch in self._held.pop(replica_id, []):
+                self.index.apply(batch)  # batches the dump already reflects are ignored
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for rid in self.fleet.expire(time.monotonic()):
+                self.index.remove_replica(rid)
+                log.info("replica_expired", replica=rid)
+                self.changed()

@@ -1,0 +1,78 @@
+"""Start a real router as a subprocess for integration tests (does I/O)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from basalt.natsserver import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RouterProcess:
+    nats_url: str
+    workdir: Path
+    deployments_file: Path | None = None
+    extra: list[str] = field(default_factory=list)
+    name: str = "router"
+    proc: subprocess.Popen[bytes] | None = None
+    http_port: int = 0
+    grpc_port: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def start(self, timeout: float = 30.0) -> "RouterProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ready = self.workdir / f"{self.name}.ready.json"
+        ready.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "services.router", "--nats-url", self.nats_url,
+               "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+               "--ready-file", str(ready), *self.extra]
+        if self.deployments_file:
+            cmd += ["--deployments-file", str(self.deployments_file)]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(self.log_path, "ab"),
+                                     stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"router exited {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"router not ready in {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.1)
+        ports = json.loads(ready.read_text())
+        self.http_port, self.grpc_port = ports["http_port"], ports["grpc_port"]
+        return self
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def write_deployments(path: Path, deployments: list[dict], environments: list[dict] | None = None) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"deployments": deployments, "environments": environments or []}))
+    return path
