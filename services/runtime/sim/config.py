@@ -19,7 +19,7 @@ from .timing import LLAMA_3_1_8B_H100, TimingProfile
 class SimConfig:
     """A simulated vLLM replica. Defaults: Llama-3.1-8B-like on one H100, vLLM-like limits."""
 
-    model: str = "sim-llama-3.1-8b"
+    model_name: str = "sim-llama-3.1-8b"
     block_size: int = 16
     num_blocks: int = 4096
     max_model_len: int = 8192
