@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from .inventory import Scope
@@ -30,7 +30,7 @@ class ProviderError(McmError):
 class UnknownCluster(ProviderError):
     """A launch named a cluster this provider does not have."""
 
-    def __init__(self, cluster: str, known: Sequence[str]) -> None:
+    def __init__(self, cluster: str, known: Iterable[str]) -> None:
         self.known = sorted(known)
         super().__init__(Scope.CLUSTER, f"no such cluster (known: {self.known})", cluster)
 
@@ -78,7 +78,7 @@ class SimCloudConfigError(McmError, ValueError):
 class UnknownSimTarget(McmError, KeyError):
     """A fault was aimed at a cloud, region or zone the simcloud SIMULATOR does not have."""
 
-    def __init__(self, kind: str, name: str, known: Sequence[str]) -> None:
+    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
         self.kind = kind
         self.name = name
         self.known = sorted(known)
@@ -86,3 +86,14 @@ class UnknownSimTarget(McmError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
+
+
+class ReplicaExited(McmError):
+    """A replica process ended before it became ready; carries its exit code and log tail."""
+
+    def __init__(self, replica_id: str, returncode: int | None, log_tail: str) -> None:
+        self.replica_id = replica_id
+        self.returncode = returncode
+        self.log_tail = log_tail
+        super().__init__(f"replica {replica_id} exited with code {returncode} before it was "
+                         f"ready; log tail:\n{log_tail}")

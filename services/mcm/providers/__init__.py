@@ -1,0 +1,13 @@
+"""Providers the control plane launches replicas through: local processes and the simcloud
+SIMULATOR (the package does I/O; `base` and `simworld` do not)."""
+
+from .base import LaunchHandle, LaunchRequest, Provider, runtime_args
+from .local import LOCAL_CLUSTER, LocalProvider
+from .simcloud import SimCloudProvider, load_config
+from .simworld import SimCloudConfig, SimWorld, parse_config
+
+__all__ = [
+    "LOCAL_CLUSTER", "LaunchHandle", "LaunchRequest", "LocalProvider", "Provider",
+    "SimCloudConfig", "SimCloudProvider", "SimWorld", "load_config", "parse_config",
+    "runtime_args",
+]

@@ -1,0 +1,126 @@
+"""The provider interface the reconcile loop launches and stops replicas through, and the
+runtime command line every provider builds from a launch request (no I/O here).
+
+A provider turns `LaunchRequest`s into running `python -m services.runtime` replicas somewhere
+(local processes, the simcloud SIMULATOR, later Kubernetes pods). It raises `ProviderError`
+with the scope to block when it cannot: ZONE for capacity, REGION or CLOUD for outages.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from basalt.ids import ReplicaId
+
+from ..errors import InvalidLaunchRequest
+from ..inventory import Cluster, DeploymentId
+
+# Flags the provider sets itself; an engine arg may not override them.
+RESERVED_FLAGS = frozenset({
+    "engine", "model", "model-name", "deployment", "replica-id", "owner", "region", "zone",
+    "cluster", "nats-url", "ready-file", "lora-modules",
+})
+_FLAG = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+@dataclass(slots=True, frozen=True)
+class LaunchRequest:
+    """One replica to start: what to run, for whom, and where."""
+
+    replica_id: ReplicaId
+    deployment_id: DeploymentId
+    owner: str
+    engine: str
+    model_path: str
+    model_name: str
+    nats_url: str
+    cluster: str
+    cloud: str = ""
+    region: str = ""
+    zone: str = ""
+    # Runtime flags without the dashes, e.g. {"max_model_len": "1024"}.
+    engine_args: Mapping[str, str] = field(default_factory=dict)
+    # LoRA adapters to load at start: name -> path.
+    loras: Mapping[str, str] = field(default_factory=dict)
+    accelerator: str = ""
+    accelerator_count: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class LaunchHandle:
+    """A replica a provider started (or found again): enough to stop it and to show it."""
+
+    replica_id: ReplicaId
+    deployment_id: DeploymentId
+    owner: str
+    provider: str
+    cluster: str
+    cloud: str
+    region: str
+    zone: str
+    # Wall-clock seconds when it was started.
+    started_at: float
+    # OS process id where the replica is a local process.
+    pid: int | None = None
+    # Where its stdout and stderr go, when the provider keeps them in a file.
+    log_path: str | None = None
+    accelerator: str = ""
+    accelerator_count: int = 0
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Starts and stops replicas on the clusters it offers."""
+
+    name: str
+
+    def clusters(self) -> list[Cluster]:
+        """The clusters this provider offers, with their current up/down state."""
+        ...
+
+    async def launch(self, req: LaunchRequest) -> LaunchHandle:
+        """Start one replica; returns once it is started (not ready). Launching an id that is
+        already running returns its handle. Raises ProviderError when it cannot start."""
+        ...
+
+    async def stop(self, replica_id: ReplicaId) -> None:
+        """Ask the replica to drain and exit (SIGTERM), kill it after a grace period, and
+        return once it is gone. Stopping an unknown or exited replica does nothing."""
+        ...
+
+    async def list_owned(self, owner: str) -> list[LaunchHandle]:
+        """Replicas started with this owner id that are still running, including ones a
+        previous control-plane process started (where the provider can tell)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every replica this provider started and release what it holds."""
+        ...
+
+
+def runtime_args(req: LaunchRequest) -> list[str]:
+    """Arguments after `python -m services.runtime` that start the replica `req` describes."""
+    args = [
+        "--engine", req.engine, "--deployment", req.deployment_id,
+        "--replica-id", req.replica_id, "--owner", req.owner, "--nats-url", req.nats_url,
+        "--cluster", req.cluster,
+    ]
+    for flag, value in (("region", req.region), ("zone", req.zone), ("model", req.model_path),
+                        ("model-name", req.model_name)):
+        if value:
+            args += [f"--{flag}", value]
+    for name in sorted(req.loras):
+        if not name or "=" in name:
+            raise InvalidLaunchRequest("loras", name, "adapter names are non-empty without '='")
+        args += ["--lora-modules", f"{name}={req.loras[name]}"]
+    for key in sorted(req.engine_args):
+        flag = key.replace("_", "-")
+        if not _FLAG.match(key):
+            raise InvalidLaunchRequest("engine_args", key, "keys are lower-case flag names")
+        if flag in RESERVED_FLAGS:
+            raise InvalidLaunchRequest("engine_args", key, "set by the provider, not an arg")
+        args += [f"--{flag}", str(req.engine_args[key])]
+    return args

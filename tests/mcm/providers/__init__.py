@@ -1,0 +1,1 @@
+"""Tests of the control plane's providers (local processes, the simcloud SIMULATOR)."""
