@@ -5,7 +5,10 @@ Built from the replicas' KV event batches. Blocks are keyed by the router's own 
 
 Representation: `own hash -> int bitmask of replica slots` (replica ids interned to small
 ints, slots reused after a replica is removed). `match` ANDs the masks along the request's
-prefix and stops when the mask is empty. Per replica, `engine hash -> own hash` resolves
+prefix and stops when the mask is empty. Most blocks sit on one replica, so a one-bit mask is
+always that replica's single shared int object: no int per block, and `match` skips the AND
+(an identity test) while the prefix stays on one replica. CPython dict lookups over a large
+index are memory-bound (~100+ ns each), so `match` costs about that per leading block. Per replica, `engine hash -> own hash` resolves
 parents and removals; `dups` counts the rare own hash held under several engine hashes.
 
 Sequencing per replica (epoch, seq), with `floor` = the seq of the last dump applied:
@@ -92,13 +95,24 @@ class _Tally:
 class PrefixIndex:
     """Prefix index over all replicas of one deployment. Not thread-safe; no I/O."""
 
-    __slots__ = ("_entries", "_free_slots", "_hasher", "_masks", "_n", "_replicas", "_slot_ids")
+    __slots__ = (
+        "_entries",
+        "_free_slots",
+        "_hasher",
+        "_masks",
+        "_n",
+        "_replicas",
+        "_slot_bits",
+        "_slot_ids",
+    )
 
     def __init__(self, seed: int = 0, hash_fn: HasherFactory = default_hasher) -> None:
         self._hasher = BlockHasher(seed, hash_fn)
         self._masks: dict[OwnBlockHash, int] = {}
         self._replicas: dict[ReplicaId, _Replica] = {}
         self._slot_ids: list[ReplicaId | None] = []
+        # slot -> its one-bit mask; the same int object every one-bit mask in _masks uses.
+        self._slot_bits: list[int] = []
         self._free_slots: list[int] = []
         self._entries = 0
         self._n = _Counters()
@@ -183,16 +197,17 @@ class PrefixIndex:
         out: dict[ReplicaId, int] = {}
         if not mask:
             return out
-        depth = 0
-        for h in own_hashes:
-            m = mask & get(h, 0)
+        for depth, h in enumerate(own_hashes):
+            x = get(h, 0)
+            if x is mask:  # one-bit masks are shared objects: same replica, nothing to AND
+                continue
+            m = mask & x
             if m != mask:
                 self._emit(mask ^ m, depth, out)
                 if not m:
                     return out
-                mask = m
-            depth += 1
-        self._emit(mask, depth, out)
+                mask = self._canonical(m)
+        self._emit(mask, len(own_hashes), out)
         return out
 
     def replicas(self) -> list[ReplicaId]:
@@ -229,6 +244,12 @@ class PrefixIndex:
                 out[rid] = depth
             bits ^= low
 
+    def _canonical(self, mask: int) -> int:
+        """The shared object for a one-bit mask; other masks as they are."""
+        if mask & (mask - 1):
+            return mask
+        return self._slot_bits[mask.bit_length() - 1]
+
     def _add_replica(self, rid: ReplicaId, epoch: str, seq: int) -> _Replica:
         if self._free_slots:
             slot = self._free_slots.pop()
@@ -236,7 +257,8 @@ class PrefixIndex:
         else:
             slot = len(self._slot_ids)
             self._slot_ids.append(rid)
-        rep = _Replica(slot=slot, bit=1 << slot, epoch=epoch, last_seq=seq)
+            self._slot_bits.append(1 << slot)
+        rep = _Replica(slot=slot, bit=self._slot_bits[slot], epoch=epoch, last_seq=seq)
         self._replicas[rid] = rep
         return rep
 
@@ -290,7 +312,7 @@ class PrefixIndex:
             if m & bit:
                 rep.dups[oh] = rep.dups.get(oh, 0) + 1
             else:
-                masks[oh] = m | bit
+                masks[oh] = m | bit if m else bit
         self._entries += added
 
     def _remove(self, rep: _Replica, engine_hashes: Sequence[int], tally: _Tally) -> None:
@@ -314,17 +336,18 @@ class PrefixIndex:
             return
         m = self._masks.get(oh, 0) & ~rep.bit
         if m:
-            self._masks[oh] = m
+            self._masks[oh] = self._canonical(m)
         else:
             self._masks.pop(oh, None)
 
     def _clear(self, rep: _Replica) -> None:
         masks = self._masks
         keep = ~rep.bit
+        canonical = self._canonical
         for oh in rep.engine_to_own.values():
             m = masks.get(oh, 0) & keep
             if m:
-                masks[oh] = m
+                masks[oh] = canonical(m)
             else:
                 masks.pop(oh, None)
         self._entries -= len(rep.engine_to_own)
@@ -332,9 +355,10 @@ class PrefixIndex:
         rep.dups.clear()
 
     def _memory_estimate(self) -> int:
-        """Dict tables plus int objects (keys, masks, engine hashes, own-hash values)."""
+        """Dict tables plus int objects (keys, multi-bit masks, engine hashes, own hashes)."""
         int_size = sys.getsizeof(1 << 63)
-        total = sys.getsizeof(self._masks) + len(self._masks) * 2 * int_size
+        shared = len(self._masks) - sum(1 for m in self._masks.values() if m & (m - 1))
+        total = sys.getsizeof(self._masks) + (2 * len(self._masks) - shared) * int_size
         for rep in self._replicas.values():
             total += sys.getsizeof(rep.engine_to_own) + sys.getsizeof(rep.dups)
             total += len(rep.engine_to_own) * 2 * int_size

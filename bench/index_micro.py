@@ -1,0 +1,296 @@
+"""Microbenchmark of the router core: prefix-index ingest, memory, and decision time (CPU only;
+its only I/O is printing a table and, when asked, writing a JSON file).
+
+Workload (seeded, ~1M indexed blocks): 64 replicas of block size 16; 64 shared 4k-token
+prefixes, each replica holding 8 of them plus 18 sessions of 768 more blocks chained to one of
+its prefixes. Events are vLLM-shaped: prefill chunks of 128 blocks and 1-block decode events,
+16 events per batch, batches interleaved across replicas. Engine hashes are random per replica
+(each engine hashes differently), so the index must chain its own hashes.
+
+Decision = hash a 16k-token prompt (1,024 blocks) + `PrefixIndex.match` + `policy.choose`
+(`kv`) over 64 replica views. "hit" prompts are a cached session (1,024 leading blocks on one
+replica, 256 on the ~8 holding its prefix): the worst case for `match`. "miss" prompts share
+nothing. Figures are wall-clock on a shared machine: expect noise.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import sys
+import time
+import tracemalloc
+from array import array
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from basalt.ids import ReplicaId
+from basalt.kvevents import BlockRemoved, BlockStored, KvEvent, KvEventBatchData
+from services.router.index import PrefixIndex
+from services.router.policy import choose
+from services.router.types import PolicyConfig, ReplicaView, RouteRequest
+
+
+@dataclass(slots=True, frozen=True)
+class Workload:
+    replicas: int = 64
+    block_size: int = 16
+    prefixes: int = 64
+    prefix_blocks: int = 256
+    prefixes_per_replica: int = 8
+    sessions_per_replica: int = 18
+    session_blocks: int = 768
+    prefill_chunk_blocks: int = 128
+    decode_blocks_per_session: int = 128
+    events_per_batch: int = 16
+    requests: int = 300
+    seed: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class _Plan:
+    prefixes: list[list[int]]  # per replica: the prefix ids it holds
+    sessions: list[list[int]]  # per replica: the prefix id of each of its sessions
+
+
+def _tokens(key: str, n: int) -> list[int]:
+    return array("H", random.Random(key).randbytes(2 * n)).tolist()
+
+
+def _engine_hashes(key: str, n: int) -> list[int]:
+    rng = random.Random("engine:" + key)
+    return [rng.getrandbits(64) for _ in range(n)]
+
+
+def _plan(w: Workload) -> _Plan:
+    rng = random.Random(w.seed)
+    prefixes = [rng.sample(range(w.prefixes), w.prefixes_per_replica) for _ in range(w.replicas)]
+    sessions = [[rng.choice(p) for _ in range(w.sessions_per_replica)] for p in prefixes]
+    return _Plan(prefixes, sessions)
+
+
+def _prefix_key(w: Workload, p: int) -> str:
+    return f"{w.seed}:prefix:{p}"
+
+
+def _session_key(w: Workload, r: int, s: int) -> str:
+    return f"{w.seed}:session:{r}:{s}"
+
+
+def _stored_run(
+    w: Workload, hashes: list[int], tokens: list[int], parent: int | None, chunks: list[int]
+) -> Iterator[BlockStored]:
+    """BlockStored events over `hashes`/`tokens`, `chunks` blocks at a time."""
+    bs, i = w.block_size, 0
+    for n in chunks:
+        yield BlockStored(hashes[i : i + n], parent, tokens[i * bs : (i + n) * bs], bs)
+        parent = hashes[i + n - 1]
+        i += n
+
+
+def _replica_events(w: Workload, plan: _Plan, r: int) -> Iterator[KvEvent]:
+    last_of_prefix: dict[int, int] = {}
+    prefill = [w.prefill_chunk_blocks] * (w.prefix_blocks // w.prefill_chunk_blocks)
+    for p in plan.prefixes[r]:
+        hashes = _engine_hashes(f"{w.seed}:{r}:p{p}", w.prefix_blocks)
+        last_of_prefix[p] = hashes[-1]
+        yield from _stored_run(
+            w, hashes, _tokens(_prefix_key(w, p), w.prefix_blocks * w.block_size), None, prefill
+        )
+    decode = w.decode_blocks_per_session
+    n_prefill = (w.session_blocks - decode) // w.prefill_chunk_blocks
+    chunks = [w.prefill_chunk_blocks] * n_prefill + [1] * (
+        w.session_blocks - n_prefill * w.prefill_chunk_blocks
+    )
+    for s, p in enumerate(plan.sessions[r]):
+        key = _session_key(w, r, s)
+        hashes = _engine_hashes(key, w.session_blocks)
+        tokens = _tokens(key, w.session_blocks * w.block_size)
+        yield from _stored_run(w, hashes, tokens, last_of_prefix[p], chunks)
+
+
+def _batches(w: Workload, plan: _Plan) -> Iterator[KvEventBatchData]:
+    """Every replica's events in batches, replicas interleaved round-robin."""
+    streams = [_replica_events(w, plan, r) for r in range(w.replicas)]
+    seqs = [0] * w.replicas
+    live = list(range(w.replicas))
+    while live:
+        for r in list(live):
+            events = [e for _, e in zip(range(w.events_per_batch), streams[r])]
+            if not events:
+                live.remove(r)
+                continue
+            yield KvEventBatchData(f"replica-{r:02d}", seqs[r], 0.0, "epoch-0", events)
+            seqs[r] += 1
+
+
+def _ingest(w: Workload, plan: _Plan, index: PrefixIndex) -> tuple[float, int, int]:
+    """Apply every batch; returns (seconds inside apply, events, blocks)."""
+    spent, events, blocks = 0.0, 0, 0
+    for batch in _batches(w, plan):
+        t0 = time.perf_counter()
+        result = index.apply(batch)
+        spent += time.perf_counter() - t0
+        events += len(batch.events)
+        blocks += result.stored_blocks
+    return spent, events, blocks
+
+
+def _measure_memory(w: Workload, plan: _Plan) -> tuple[int, int, int]:
+    """(bytes the built index holds by tracemalloc, its blocks, its distinct hashes)."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    index = PrefixIndex()
+    _ingest(w, plan, index)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    stats = index.stats()
+    return held, stats.blocks, stats.distinct_hashes
+
+
+def _views(w: Workload, rng: random.Random) -> list[ReplicaView]:
+    return [
+        ReplicaView(
+            replica_id=ReplicaId(f"replica-{r:02d}"),
+            region="us-east" if r % 2 else "us-west",
+            kv_block_size=w.block_size,
+            kv_blocks_total=40_000,
+            kv_blocks_active=rng.randrange(0, 20_000),
+            num_running=rng.randrange(0, 32),
+            num_waiting=rng.randrange(0, 4),
+        )
+        for r in range(w.replicas)
+    ]
+
+
+def _pct(xs: list[float], q: float) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _decisions(w: Workload, plan: _Plan, index: PrefixIndex, hit: bool) -> dict[str, float]:
+    """Per-decision and per-step times in microseconds (p50, p99)."""
+    rng = random.Random(w.seed + (1 if hit else 2))
+    views, config = _views(w, rng), PolicyConfig()
+    hasher = index.hasher
+    total, t_hash, t_match, t_policy = [], [], [], []
+    prompt_blocks = w.prefix_blocks + w.session_blocks
+    for i in range(w.requests):
+        if hit:
+            r, s = rng.randrange(w.replicas), rng.randrange(w.sessions_per_replica)
+            p = plan.sessions[r][s]
+            tokens = _tokens(_prefix_key(w, p), w.prefix_blocks * w.block_size)
+            tokens += _tokens(_session_key(w, r, s), w.session_blocks * w.block_size)
+        else:
+            tokens = _tokens(f"miss:{i}", prompt_blocks * w.block_size)
+        request = RouteRequest(len(tokens), prompt_blocks, region="us-east")
+        t0 = time.perf_counter_ns()
+        hashes = hasher(tokens, w.block_size)
+        t1 = time.perf_counter_ns()
+        overlap = index.match(hashes)
+        t2 = time.perf_counter_ns()
+        decision = choose(request, views, overlap, config, now=0.0)
+        t3 = time.perf_counter_ns()
+        assert decision is not None
+        if hit:
+            assert overlap[ReplicaId(f"replica-{r:02d}")] == prompt_blocks, "bench workload broken"
+        total.append((t3 - t0) / 1e3)
+        t_hash.append((t1 - t0) / 1e3)
+        t_match.append((t2 - t1) / 1e3)
+        t_policy.append((t3 - t2) / 1e3)
+    return {
+        "p50_us": _pct(total, 0.5),
+        "p99_us": _pct(total, 0.99),
+        "hash_p50_us": _pct(t_hash, 0.5),
+        "match_p50_us": _pct(t_match, 0.5),
+        "match_p99_us": _pct(t_match, 0.99),
+        "policy_p50_us": _pct(t_policy, 0.5),
+    }
+
+
+def _removal_rate(w: Workload, plan: _Plan, index: PrefixIndex) -> tuple[float, int]:
+    """Evict half of every replica's sessions with 16-hash BlockRemoved events: (s, blocks)."""
+    spent, blocks = 0.0, 0
+    for r in range(w.replicas):
+        epoch_seq = index.seq_of(ReplicaId(f"replica-{r:02d}"))
+        assert epoch_seq is not None
+        seq = epoch_seq[1]
+        for s in range(0, w.sessions_per_replica, 2):
+            hashes = _engine_hashes(_session_key(w, r, s), w.session_blocks)
+            events: list[KvEvent] = [
+                BlockRemoved(hashes[i : i + 16]) for i in range(0, len(hashes), 16)
+            ]
+            seq += 1
+            batch = KvEventBatchData(f"replica-{r:02d}", seq, 0.0, "epoch-0", events)
+            t0 = time.perf_counter()
+            blocks += index.apply(batch).removed_blocks
+            spent += time.perf_counter() - t0
+    return spent, blocks
+
+
+def _table(f: dict[str, float]) -> str:
+    rows = [
+        (
+            "decision p50 / p99, hit (1,024-block prefix)",
+            f"{f['hit_p50_us']:.0f} / {f['hit_p99_us']:.0f} µs",
+        ),
+        (
+            "  of which hash / match / policy (p50)",
+            f"{f['hit_hash_p50_us']:.0f} / {f['hit_match_p50_us']:.0f} / {f['hit_policy_p50_us']:.0f} µs",
+        ),
+        ("  match p99", f"{f['hit_match_p99_us']:.0f} µs"),
+        ("decision p50 / p99, miss", f"{f['miss_p50_us']:.0f} / {f['miss_p99_us']:.0f} µs"),
+        (
+            "ingest (BlockStored)",
+            f"{f['ingest_events_per_s']:,.0f} events/s, {f['ingest_blocks_per_s']:,.0f} blocks/s",
+        ),
+        ("ingest (BlockRemoved)", f"{f['remove_blocks_per_s']:,.0f} blocks/s"),
+        (
+            "blocks indexed (replica × block) / distinct",
+            f"{f['blocks_indexed']:,} / {f['distinct_hashes']:,}",
+        ),
+        ("memory per indexed block (tracemalloc)", f"{f['bytes_per_block']:.0f} B"),
+        ("memory, whole index", f"{f['index_mib']:.0f} MiB"),
+    ]
+    lines = ["| measure | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def run(json_out: Path | None = None, workload: Workload | None = None) -> dict:
+    """Run the benchmark, print a markdown table, return the figures (and write them as JSON)."""
+    w = workload or Workload()
+    started = time.perf_counter()
+    plan = _plan(w)
+    held, blocks, distinct = _measure_memory(w, plan)
+    index = PrefixIndex()
+    spent, events, stored = _ingest(w, plan, index)
+    figures: dict = {
+        "replicas": w.replicas,
+        "blocks_indexed": blocks,
+        "distinct_hashes": distinct,
+        "bytes_per_block": held / blocks,
+        "index_mib": held / 2**20,
+        "ingest_events_per_s": events / spent,
+        "ingest_blocks_per_s": stored / spent,
+    }
+    for hit in (True, False):
+        for k, v in _decisions(w, plan, index, hit).items():
+            figures[("hit_" if hit else "miss_") + k] = v
+    removed_s, removed = _removal_rate(w, plan, index)
+    figures["remove_blocks_per_s"] = removed / removed_s
+    figures["wall_s"] = time.perf_counter() - started
+    figures["workload"] = asdict(w)
+    print(_table(figures))
+    print(f"\n(wall {figures['wall_s']:.1f} s; Python {sys.version.split()[0]}; shared CPU, noisy)")
+    if json_out is not None:
+        json_out.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[1]) if len(sys.argv) > 1 else None)
