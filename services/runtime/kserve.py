@@ -18,8 +18,9 @@ response per text delta unless the request sets stream=false, and marks every re
 The python engine (engine.kind == "python") takes JSON: a single BYTES input named `json` holding
 one JSON document is passed to predict() as-is; otherwise the inputs become a dict
 {name: value}, where a one-element tensor gives its scalar and a larger one a nested list in its
-shape (BYTES as UTF-8 text). Output: `output`, BYTES, shape [n], one JSON document per item the
-model returned or streamed (n = 1 for a plain return).
+shape (BYTES as UTF-8 text). Output: `output`, BYTES, one JSON document per item. ModelInfer
+sends them all in one response (shape [n]; n = 1 for a plain return); ModelStreamInfer sends
+each item as the model yields it, then an empty final response (shape [0]).
 """
 
 from __future__ import annotations
