@@ -298,7 +298,7 @@ def plan(
     ids = _Ids(ctx.seed, ctx.seq, taken)
     for dep in sorted(targets):
         target, have = targets[dep], live[dep]
-        want = target.desired if target.active else 0
+        want = max(target.desired, 0) if target.active else 0
         if len(have) > want:
             for m in _victims(have, len(have) - want, ctx, clusters):
                 out.actions.append(Stop(m.replica_id, StopReason.SCALE_DOWN, dep))

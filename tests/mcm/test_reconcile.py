@@ -200,3 +200,22 @@ def test_view_from_record() -> None:
     v = view_from_record(rec, started_at=5.0)
     assert v == ReplicaView(ReplicaId("r"), DeploymentId("d"), ME, ClusterName("c"),
                             "us-east-1", ReplicaState.DRAINING, 5.0)
+
+
+def test_failover_a_provider_error_blocks_its_scope_and_the_next_plan_goes_elsewhere() -> None:
+    bl = Blocklist()
+    targets = {D: Target(1, H100)}
+    first = plan(targets, [], [], ctx(now=0.0, blocklist=bl))
+    assert first.launches[0].cluster == AWS_E1A
+    # The provider answered that launch with a zone capacity error: block the zone.
+    bl.block(Scope.ZONE, AWS_E1A, now=1.0, ttl=300.0, reason="capacity")
+    second = plan(targets, [], [], ctx(now=1.0, blocklist=bl, seq=first.next_seq))
+    assert second.launches[0].cluster == AWS_E1B
+    assert second.launches[0].replica_id != first.launches[0].replica_id
+    # Then the whole cloud fails: the next try leaves aws altogether.
+    bl.block(Scope.CLOUD, AWS_E1B, now=2.0, ttl=300.0, reason="aws outage")
+    third = plan(targets, [], [], ctx(now=2.0, blocklist=bl, seq=second.next_seq))
+    assert third.launches[0].cluster.cloud == "gcp"
+    # Blocks expire: after the TTL the cheapest zone is tried again.
+    later = plan(targets, [], [], ctx(now=400.0, blocklist=bl))
+    assert later.launches[0].cluster == AWS_E1A

@@ -34,6 +34,7 @@ async def provider(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         p = LocalProvider(tmp_path / "state", grace_s=20.0)
     else:
         p = SimCloudProvider(parse_config(SIM_CONFIG), tmp_path / "state", grace_s=20.0)
+    assert isinstance(p, Provider)
     yield p
     await p.close()
 

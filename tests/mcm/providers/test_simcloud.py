@@ -9,11 +9,22 @@ from pathlib import Path
 import pytest
 
 from basalt.natsserver import NatsServer
+from services.mcm.blocklist import Blocklist
 from services.mcm.errors import ProviderError
-from services.mcm.inventory import Scope
+from services.mcm.inventory import DeploymentId, Scope
+from services.mcm.placement import Requirement
 from services.mcm.providers.simcloud import SimCloudProvider
 from services.mcm.providers.simworld import parse_config
-from tests.mcm.providers.conftest import is_ready, sim_request, wait_for
+from services.mcm.reconcile import (
+    Plan,
+    PlanContext,
+    ReplicaView,
+    StopReason,
+    Target,
+    plan,
+    view_from_record,
+)
+from tests.mcm.providers.conftest import OWNER, is_ready, record_of, sim_request, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +91,39 @@ async def test_an_outage_during_the_launch_delay_fails_the_launch(
         await provider.launch(sim_request(nats_server.url, "delayed", AWS_A))
     assert e.value.scope is Scope.REGION
     assert provider.local.running() == [] and provider.world.used(AWS_A) == 0
+
+
+async def test_plan_and_simcloud_fail_over_a_cloud_outage_end_to_end(
+        sim: SimCloudProvider, nats_server: NatsServer, replicas_kv) -> None:
+    """The reconcile decision driving the SIMULATOR: spread over two clouds, lose one,
+    replace its replica on the other (the loop's I/O is done by hand here)."""
+    dep = DeploymentId("dep-a")
+    targets = {dep: Target(2, Requirement())}
+
+    async def run(p: Plan) -> None:
+        for a in p.launches:
+            req = sim_request(nats_server.url, a.replica_id, a.cluster.name)
+            await sim.launch(req)
+        for a in p.launches:
+            await wait_for(replicas_kv, a.replica_id, is_ready)
+
+    async def views(ids: list[str]) -> list[ReplicaView]:
+        recs = [await record_of(replicas_kv, rid) for rid in ids]
+        return [view_from_record(r, 0.0) for r in recs if r is not None]
+
+    first = plan(targets, [], [], PlanContext(OWNER, sim.clusters(), Blocklist(), 0.0, "t"))
+    assert sorted(a.cluster.cloud for a in first.launches) == ["aws", "gcp"], "spread"
+    await run(first)
+    on_aws = next(a.replica_id for a in first.launches if a.cluster.cloud == "aws")
+
+    assert sim.fail_cloud("aws") == [on_aws]
+    # The killed replica's record lingers (READY) until its TTL; the plan sees its cluster down.
+    seen = await views([a.replica_id for a in first.launches])
+    assert len(seen) == 2
+    second = plan(targets, seen, [], PlanContext(OWNER, sim.clusters(), Blocklist(), 10.0, "t",
+                                                 seq=first.next_seq))
+    assert [(s.replica_id, s.reason) for s in second.stops] == [(on_aws, StopReason.CLUSTER_DOWN)]
+    assert [a.cluster.name for a in second.launches] == [GCP_A]
+    await sim.stop(second.stops[0].replica_id)  # the process is already gone: a no-op
+    await run(second)
+    assert len(sim.local.running()) == 2
