@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 
 from basalt.ids import ReplicaId
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatchData
@@ -242,3 +243,46 @@ def test_stats_count_blocks_replicas_and_memory() -> None:
     stats = index.stats()
     assert (stats.replicas, stats.blocks, stats.distinct_hashes) == (2, 18, 12)
     assert stats.memory_bytes > empty
+
+
+def test_random_event_streams_match_a_plain_model() -> None:
+    """Against a dict-of-sets model, over many replicas (multi-bit masks beyond small ints)."""
+    rng = random.Random(5)
+    base = [rng.randrange(1000) for _ in range(12)]
+    seqs = [
+        base[: 4 * rng.randrange(0, 3)] + [rng.randrange(1000) for _ in range(32)] for _ in range(6)
+    ]
+    engines = {f"r{i}": FakeEngine(f"engine-{i % 3}".encode()) for i in range(12)}
+    held: dict[str, dict[int, OwnBlockHash]] = {r: {} for r in engines}  # engine -> own
+    index, seqno = PrefixIndex(), dict.fromkeys(engines, 0)
+    for _ in range(400):
+        r = rng.choice(list(engines))
+        engine, tokens = engines[r], rng.choice(seqs)
+        hashes, owns = engine.hashes(tokens), own(tokens)
+        roll = rng.random()
+        if roll < 0.6:
+            starts = [i for i in range(len(hashes)) if i == 0 or hashes[i - 1] in held[r]]
+            first = rng.choice(starts)
+            last = rng.randrange(first + 1, len(hashes) + 1)
+            event: object = engine.stored(tokens, first, last)
+            held[r].update(zip(hashes[first:last], owns[first:last]))
+        elif roll < 0.95:
+            gone = rng.sample(hashes, rng.randrange(1, 4))
+            event = BlockRemoved(gone)
+            for h in gone:
+                held[r].pop(h, None)
+        else:
+            event = AllBlocksCleared()
+            held[r].clear()
+        index.apply(batch(r, seqno[r], event))
+        seqno[r] += 1
+        for tokens in seqs:
+            owns = own(tokens)
+            expected = {}
+            for rid, blocks in held.items():
+                values = set(blocks.values())
+                depth = next((i for i, h in enumerate(owns) if h not in values), len(owns))
+                if depth:
+                    expected[ReplicaId(rid)] = depth
+            assert index.match(owns) == expected
+    assert index.stats().blocks == sum(len(b) for b in held.values())
