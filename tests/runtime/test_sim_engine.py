@@ -144,8 +144,9 @@ async def test_cancelled_consumer_task_frees_the_blocks(engine: SimEngine) -> No
 async def test_bad_input_is_refused_before_any_chunk(
     engine: SimEngine, req: GenerateInput, error: type[Exception], needle: str
 ) -> None:
+    stream = engine.generate(req)
     with pytest.raises(error, match=needle):
-        engine.generate(req)
+        await anext(stream)  # type: ignore[call-overload]
     assert engine.stats().num_waiting == 0
     ok = await _collect(engine, _req("ok", _prompt(6, 8), max_tokens=3))
     assert ok[-1].usage is not None and ok[-1].usage.completion_tokens == 3
@@ -222,7 +223,7 @@ async def test_lora_names_are_tracked_and_enter_the_hashes() -> None:
     await eng.unload_lora("ad1")
     assert eng.loras() == []
     with pytest.raises(UnknownLora):
-        eng.generate(_req("gone", prompt, lora_name="ad1"))
+        await anext(eng.generate(_req("gone", prompt, lora_name="ad1")))  # type: ignore[call-overload]
     with pytest.raises(UnknownLora):
         await eng.unload_lora("ad1")
     await eng.shutdown()
@@ -239,4 +240,25 @@ async def test_predict_is_not_supported_and_shutdown_aborts_in_flight_work() -> 
     rest = [c async for c in stream]  # type: ignore[attr-defined]
     assert rest[-1].finish_reason is FinishReason.ABORT
     with pytest.raises(Draining):
-        eng.generate(_req("late", _prompt(12, 10)))
+        await anext(eng.generate(_req("late", _prompt(12, 10))))  # type: ignore[call-overload]
+
+
+async def test_a_failing_step_loop_ends_streams_instead_of_hanging() -> None:
+    eng = SimEngine(SimConfig(time_scale=0.01))
+    await eng.start()
+    stream = eng.generate(_req("f", _prompt(13, 10), max_tokens=5000))
+    await anext(stream)  # type: ignore[call-overload]
+
+    def broken(now: float) -> None:
+        raise RuntimeError("simulated bug")
+
+    eng.core.step = broken  # type: ignore[method-assign, assignment]
+    rest = await asyncio.wait_for(_rest(stream), 5)
+    assert rest[-1].finish_reason is FinishReason.ABORT
+    with pytest.raises(RuntimeError, match="step loop failed"):
+        await anext(eng.generate(_req("after", _prompt(13, 10))))  # type: ignore[call-overload]
+    await eng.shutdown()
+
+
+async def _rest(stream: AsyncIterator[GenerateChunk]) -> list[GenerateChunk]:
+    return [c async for c in stream]

@@ -24,13 +24,15 @@ Usage:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from basalt.ids import RequestId
 from basalt.kvevents import KvEvent
 from basalt.log import get_logger
 
-from ..engine import EngineInfo, EngineStats, GenerateChunk, GenerateInput, Usage
+from ..engine import EngineInfo, EngineStats, FinishReason, GenerateChunk, GenerateInput, Usage
 from ..errors import Draining, NotSupported, UnknownLora
 from .config import SimConfig
 from .core import FinishedRequest, SimReplicaCore, StepResult, validate_request
@@ -59,6 +61,7 @@ class SimEngine:
         self._task: asyncio.Task[None] | None = None
         self._t0 = 0.0
         self._closed = False
+        self._failed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -87,12 +90,13 @@ class SimEngine:
         self._closed = True
         for rid in list(self._streams):
             await self.abort(rid)
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        elif task is not None and not task.cancelled():
+            task.exception()  # a failed loop: already logged; mark the exception retrieved
         self._events.put_nowait(None)
         log.info("vLLM simulator stopped", model=self.config.model_name)
 
@@ -103,6 +107,20 @@ class SimEngine:
         return (asyncio.get_running_loop().time() - self._t0) / self.config.time_scale
 
     async def _run(self) -> None:
+        try:
+            await self._step_loop()
+        except Exception:
+            log.exception("vLLM simulator step loop failed; aborting requests in flight")
+            self._failed = True
+            for rid in list(self._streams):
+                if not await self.abort(rid):  # the core lost it: end the stream regardless
+                    lost = FinishedRequest(
+                        RequestId(rid), FinishReason.ABORT, 0, 0, 0, 0.0, None, 0.0, 0
+                    )
+                    self._streams.pop(rid).put_nowait(lost)
+            raise
+
+    async def _step_loop(self) -> None:
         core, scale = self.core, self.config.time_scale
         loop = asyncio.get_running_loop()
         busy_until = 0.0
@@ -132,24 +150,25 @@ class SimEngine:
 
     # -- requests --------------------------------------------------------------------------
 
-    def generate(self, req: GenerateInput) -> AsyncIterator[GenerateChunk]:
-        """Validate now (InvalidRequest and subclasses), then stream once iterated."""
+    def _validate(self, req: GenerateInput) -> None:
         if self._closed:
             raise Draining("the simulator is shut down")
         if self._task is None:
             raise RuntimeError("SimEngine.start() must be awaited before generate()")
+        if self._failed:
+            raise RuntimeError("the simulator's step loop failed (see the log)")
         req.sampling.validate()
         validate_request(self.config, req.prompt_token_ids, req.sampling.max_tokens)
         if req.lora_name and req.lora_name not in self._loras:
             raise UnknownLora(req.lora_name, sorted(self._loras))
         if req.request_id in self._streams:
             raise DuplicateRequest(req.request_id)
-        return self._stream(req)
 
-    async def _stream(self, req: GenerateInput) -> AsyncIterator[GenerateChunk]:
+    async def generate(self, req: GenerateInput) -> AsyncIterator[GenerateChunk]:
+        """Stream chunks. Bad input raises InvalidRequest (or a subclass) on the first
+        iteration, before any chunk and before the request reaches the core."""
+        self._validate(req)
         rid = req.request_id
-        if rid in self._streams:  # another generate() with this id started meanwhile
-            raise DuplicateRequest(rid)
         queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.core.add_request(
             rid,

@@ -32,7 +32,7 @@ from basalt.ids import RequestId
 
 from ..engine import FinishReason
 from .block_pool import BlockPool
-from .sequence import Sequence, SequenceStatus, output_token_id
+from .sequence import TOKEN_CHUNK, Sequence, SequenceStatus, output_token_chunk
 from .timing import StepLoad, attention_pairs
 
 _RUNNING = SequenceStatus.RUNNING
@@ -234,7 +234,12 @@ class Scheduler:
             n = len(ids)
             if seq.num_computed_tokens < n or seq.status is not _RUNNING:
                 continue  # a prefill chunk that did not reach the end of the prompt
-            token = output_token_id(seq.token_seed, n, lo, span)
+            offset = n - seq.token_chunk_start
+            if offset >= TOKEN_CHUNK:
+                seq.token_chunk = output_token_chunk(seq.token_seed, n // TOKEN_CHUNK, lo, span)
+                seq.token_chunk_start = n - n % TOKEN_CHUNK
+                offset = n % TOKEN_CHUNK
+            token = seq.token_chunk[offset]
             ids.append(token)
             tokens[seq.req_id] = token
             if seq.first_token_time is None:

@@ -1,15 +1,20 @@
 """A request's state inside the simulator, and its deterministic output tokens (pure, no I/O).
 
 Output tokens are a pure function of (seed, prompt, position): `request_token_seed(seed,
-prompt)` once per request, then `output_token_id(token_seed, position, lo, span)` per token,
-a splitmix64 mix giving ids in [lo, lo + span). The same prompt and seed give the same
-completion on every replica, in every process, whatever the batching or preemption.
+prompt)` once per request, then `output_token_id(token_seed, position, lo, span)`: one
+64-byte BLAKE2b digest per 16 positions (`output_token_chunk`), each uint32 word mapped into
+[lo, lo + span) by modulo (a bias under span / 2**32, irrelevant here). The same prompt and
+seed give the same completion on every replica, in every process, whatever the batching or
+preemption.
 """
 
 from __future__ import annotations
 
 import enum
+import sys
+from array import array
 from dataclasses import dataclass, field
+from hashlib import blake2b
 
 from basalt.ids import RequestId
 
@@ -17,6 +22,8 @@ from ..engine import FinishReason
 from .block_pool import blake2b_64, token_bytes
 
 _U64 = (1 << 64) - 1
+_BIG_ENDIAN = sys.byteorder == "big"
+TOKEN_CHUNK = 16  # output tokens are drawn 16 at a time
 
 
 def request_token_seed(seed: int, prompt_token_ids: list[int]) -> int:
@@ -24,12 +31,19 @@ def request_token_seed(seed: int, prompt_token_ids: list[int]) -> int:
     return blake2b_64((seed & _U64).to_bytes(8, "little") + token_bytes(prompt_token_ids))
 
 
+def output_token_chunk(token_seed: int, chunk_index: int, lo: int, span: int) -> list[int]:
+    """Tokens at positions 16*chunk_index .. 16*chunk_index+15 of a request, in [lo, lo+span):
+    one 64-byte BLAKE2b digest of (token_seed, chunk_index), read as 16 uint32."""
+    key = (token_seed & _U64).to_bytes(8, "little") + chunk_index.to_bytes(8, "little")
+    words = array("I", blake2b(key, digest_size=4 * TOKEN_CHUNK).digest())
+    if _BIG_ENDIAN:  # pragma: no cover - only on big-endian hosts
+        words.byteswap()
+    return [lo + w % span for w in words]
+
+
 def output_token_id(token_seed: int, position: int, lo: int, span: int) -> int:
-    """The token at `position` (index in prompt + output) of a request: splitmix64, in range."""
-    z = (token_seed + position * 0x9E3779B97F4A7C15) & _U64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
-    return lo + (z ^ (z >> 31)) % span
+    """The token at `position` (index in prompt + output) of a request."""
+    return output_token_chunk(token_seed, position // TOKEN_CHUNK, lo, span)[position % TOKEN_CHUNK]
 
 
 class SequenceStatus(enum.Enum):
@@ -59,6 +73,9 @@ class Sequence:
     first_token_time: float | None = None
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    # Output tokens are drawn a chunk at a time: positions token_chunk_start.. of the request.
+    token_chunk: list[int] = field(default_factory=list)
+    token_chunk_start: int = -TOKEN_CHUNK
 
     @property
     def num_output_tokens(self) -> int:
