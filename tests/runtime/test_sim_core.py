@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
@@ -333,3 +334,50 @@ def test_a_pool_too_small_for_one_sequence_is_refused() -> None:
     with pytest.raises(SimConfigError) as err:
         SimConfig(block_size=16, num_blocks=10, max_model_len=8192)
     assert err.value.field == "num_blocks"
+
+
+def test_random_workload_keeps_blocks_events_and_tokens_consistent() -> None:
+    rng = random.Random(3)
+    core = SimReplicaCore(
+        _config(num_blocks=40, max_model_len=160, max_num_seqs=6, max_num_batched_tokens=32)
+    )
+    run = Run(core)
+    prefixes = [_prompt(p, 3 * BS) for p in range(4)]
+    asked: dict[str, tuple[list[int], int]] = {}
+    aborted: set[str] = set()
+    for i in range(120):
+        if rng.random() < 0.6:
+            prompt = rng.choice(prefixes)[: rng.randrange(1, 3 * BS)] + _prompt(
+                1000 + i, rng.randrange(1, 20)
+            )
+            max_tokens = rng.randrange(1, 40)
+            lora = rng.choice([None, None, "ad1"])
+            core.add_request(f"r{i}", prompt, max_tokens, lora_name=lora, now=run.now)
+            asked[f"r{i}"] = (prompt, max_tokens)
+        if rng.random() < 0.05 and asked:
+            victim = rng.choice(sorted(asked))
+            if core.abort(victim) is not None:
+                aborted.add(victim)
+        if core.has_work:
+            run.step()
+    run.until_done()
+    stats = core.stats()
+    assert (stats.kv_blocks_active, stats.num_running, stats.num_waiting) == (0, 0, 0)
+    assert stats.num_preemptions > 0  # the pool was small enough to force some
+    live: set[int] = set()
+    for e in run.events:
+        if isinstance(e, BlockStored):
+            assert not live & set(e.block_hashes), "a hash was stored twice without removal"
+            live.update(e.block_hashes)
+        elif isinstance(e, BlockRemoved):
+            assert set(e.block_hashes) <= live, "removed a hash that was not stored"
+            live.difference_update(e.block_hashes)
+    assert {h for e in core.kv_state() for h in e.block_hashes} == live
+    assert stats.kv_blocks_cached == stats.kv_blocks_cached_free == len(live)
+    for rid, (prompt, max_tokens) in asked.items():
+        if rid in aborted:
+            continue
+        seed = request_token_seed(0, prompt)
+        expected = [output_token_id(seed, len(prompt) + k, 100, 31900) for k in range(max_tokens)]
+        assert run.tokens[rid] == expected
+        assert run.finished[rid].completion_tokens == max_tokens
