@@ -218,7 +218,9 @@ async def test_sigterm_finishes_in_flight_work_then_deregisters(nats_server: Nat
             call = runtime_pb2_grpc.RuntimeStub(ch).Generate(_request(_prompt(9, 32), max_tokens=150))
             first = await call.read()
             proc.proc.send_signal(15)
-            rest = [r async for r in call]
+            rest = []
+            while (msg := await call.read()) != grpc.aio.EOF:
+                rest.append(msg)
             tokens = len(first.token_ids) + sum(len(r.token_ids) for r in rest)
             assert tokens == 150
             assert rest[-1].finish_reason == runtime_pb2.FINISH_REASON_LENGTH
