@@ -15,6 +15,15 @@ Driving a core in virtual time:
         t = result.end               # its tokens, finishes and KV events happen at t + duration
         ...                          # add requests that arrived before t, then step again
 
+A request added while a step runs (its `now` before that step's end) joins at the next step,
+as in a real engine. For a fleet, keep one clock per core and advance each core until the
+next arrival is due before routing it (see tests/runtime/test_sim_core.py, `Run`).
+
+Speed (CPython 3.11, one core of a shared 2-core machine): ~3-4 us per step plus ~1.2-1.5 us
+per generated token; 32 replicas at 2 req/s each (1000-token prompts, 200 output tokens) run
+one simulated minute in ~3.3 s (~85k steps/s, ~235k tokens/s), i.e. an hour in ~3-4 minutes;
+busier replicas cost in proportion to the tokens they generate.
+
 Public API:
     SimReplicaCore(config)
         .add_request(req_id, prompt_token_ids, max_tokens, lora_name=None, now=0.0,
