@@ -147,8 +147,17 @@ def _served_by(router: RouterProcess, model: str, prompt: str, headers=None) -> 
 
 def test_repeated_prefix_goes_to_the_replica_that_holds_it(stack) -> None:
     router, _ = stack
-    prefixes = [f"system prompt number {i}: " + ("lorem ipsum dolor sit amet " * 30) for i in range(6)]
-    first = {i: _served_by(router, "chat", p + "first question")[0] for i, p in enumerate(prefixes)}
+    prefixes = [f"{i} " * 8 + f"system prompt {i}: " + ("lorem ipsum dolor sit amet " * 30)
+                for i in range(6)]
+
+    async def first_round():  # concurrent, so load must spread
+        async with httpx.AsyncClient(base_url=router.base_url, timeout=30) as c:
+            rs = await asyncio.gather(*(c.post("/v1/completions", json={
+                "model": "chat", "prompt": p + "first question", "max_tokens": 30})
+                for p in prefixes))
+        return {i: r.headers["x-basalt-replica"] for i, r in enumerate(rs)}
+
+    first = asyncio.run(first_round())
     assert set(first.values()) == {"chat-a", "chat-b"}, "distinct prefixes should spread load"
     time.sleep(0.5)  # KV events reach the router
     for i, p in enumerate(prefixes):
