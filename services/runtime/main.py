@@ -100,15 +100,16 @@ class Replica:
         self.grpc_address = f"{s.advertise_host or s.grpc_host}:{port}"
         mport = serve_metrics(s.metrics_host, s.metrics_port)
         self.metrics_address = f"{s.advertise_host or s.metrics_host}:{mport}"
+        stop = self._stop_on_signal()
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         log.info("replica_loading", replica_id=self.replica_id, grpc=self.grpc_address,
                  engine=s.engine.value, model=self.model_name)
         self._spawn(heartbeat.run())
 
-        self.info = await self.engine.start()
-        for name, path in s.lora_map().items():
-            await self.engine.load_lora(name, path)
+        if not await self._load(stop):  # SIGTERM while loading: leave at once, cleanly
+            await self._close(server, heartbeat, nc)
+            return 0
         self._spawn(kv.run(self.engine))
         self._spawn(load.run())
         self._spawn(self._export_gauges())
@@ -120,16 +121,41 @@ class Replica:
         log.info("replica_ready", replica_id=self.replica_id, grpc=self.grpc_address,
                  kv_blocks=self.info.kv_blocks_total, block_size=self.info.kv_block_size)
 
-        await self._wait_for_signal()
+        await stop.wait()
         await self._drain(servicer, health_servicer, heartbeat)
+        await self._close(server, heartbeat, nc)
+        return 0
+
+    async def _load(self, stop: asyncio.Event) -> bool:
+        """Start the engine and load LoRA adapters; False when a signal came first."""
+
+        async def load() -> None:
+            self.info = await self.engine.start()
+            for name, path in self.settings.lora_map().items():
+                await self.engine.load_lora(name, path)
+
+        loading = asyncio.create_task(load())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([loading, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            stopped.cancel()
+            loading.result()  # a load failure raises here
+            return True
+        log.info("replica_stopped_while_loading", replica_id=self.replica_id)
+        loading.cancel()
+        return False
+
+    async def _close(self, server: grpc.aio.Server, heartbeat: Heartbeat, nc) -> None:  # type: ignore[no-untyped-def]
         await server.stop(grace=1.0)
         for task in self.tasks:
             task.cancel()
-        await self.engine.shutdown()
+        try:
+            await self.engine.shutdown()
+        except Exception as e:
+            log.warning("engine_shutdown_failed", error=str(e))
         await heartbeat.deregister(self.replica_id)
         await nc.drain()
         log.info("replica_stopped", replica_id=self.replica_id)
-        return 0
 
     def _write_ready_file(self) -> None:
         if self.settings.ready_file:
@@ -149,12 +175,12 @@ class Replica:
             metrics.KV_USAGE.labels(**labels).set(stats.kv_usage)
             await asyncio.sleep(1.0)
 
-    async def _wait_for_signal(self) -> None:
+    def _stop_on_signal(self) -> asyncio.Event:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        return stop
 
     async def _drain(self, servicer: RuntimeServicer, health_servicer, heartbeat: Heartbeat) -> None:
         """Stop taking work, let in-flight requests finish (up to drain_timeout), deregister."""

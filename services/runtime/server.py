@@ -62,10 +62,11 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         bind_request_id(inp.request_id)
         self.inflight.count += 1
-        stream = self.engine.generate(inp)
+        stream = None
         start = last = time.monotonic()
         first = True
         try:
+            stream = self.engine.generate(inp)
             async for chunk in stream:
                 now = time.monotonic()
                 if chunk.token_ids:
@@ -79,7 +80,8 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
             log.info("generate_rejected", reason=str(e))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         finally:
-            await stream.aclose()  # client gone: the engine aborts the sequence
+            if stream is not None:
+                await stream.aclose()  # client gone: the engine aborts the sequence
             self.inflight.count -= 1
             clear_request_id()
 
@@ -114,8 +116,9 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"json_input is not JSON: {e}")
         self.inflight.count += 1
-        stream = self.engine.predict(payload)
+        stream = None
         try:
+            stream = self.engine.predict(payload)
             async for item in stream:
                 yield runtime_pb2.PredictResponse(json_output=json.dumps(item).encode())
         except InvalidRequest as e:
@@ -123,7 +126,8 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         except RuntimeServiceError as e:
             await context.abort(grpc.StatusCode.INTERNAL, str(e))
         finally:
-            await stream.aclose()
+            if stream is not None:
+                await stream.aclose()
             self.inflight.count -= 1
 
     async def DumpKvState(
