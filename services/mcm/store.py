@@ -1,0 +1,130 @@
+"""The control plane's state in NATS JetStream KV, with compare-and-set writes (does I/O).
+
+Deployments live in `basalt_deployments` (key = deployment id), environments in
+`basalt_environments` (key = "<model>.<environment>"). Every write of a deployment is a
+compare-and-set on the KV revision it was read at, so two writers never lose each other's
+change: the loser gets `Conflict` and re-reads. The router watches the same buckets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+from basalt import bus, subjects
+from basalt.pb import deploy_pb2
+
+
+class StoreError(Exception):
+    pass
+
+
+class Conflict(StoreError):
+    """The record changed since it was read (or exists when it should not)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key!r} was changed by someone else; read it again and retry")
+        self.key = key
+
+
+@dataclass(slots=True)
+class Versioned:
+    record: deploy_pb2.DeploymentRecord
+    revision: int
+
+
+def env_key(model: str, name: str) -> str:
+    return f"{model}.{name}"
+
+
+class Store:
+    def __init__(self, deployments: KeyValue, environments: KeyValue) -> None:
+        self.deployments = deployments
+        self.environments = environments
+
+    @classmethod
+    async def open(cls, nc: Client) -> "Store":
+        return cls(
+            await bus.kv_bucket(nc, subjects.DEPLOYMENTS_BUCKET),
+            await bus.kv_bucket(nc, subjects.ENVIRONMENTS_BUCKET),
+        )
+
+    # -- deployments -------------------------------------------------------------------
+
+    async def get(self, deployment_id: str) -> Versioned | None:
+        try:
+            entry = await self.deployments.get(deployment_id)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return Versioned(deploy_pb2.DeploymentRecord.FromString(entry.value), entry.revision or 0)
+
+    async def list(self) -> list[deploy_pb2.DeploymentRecord]:
+        try:
+            keys = await self.deployments.keys()
+        except NoKeysError:
+            return []
+        out = []
+        for key in keys:
+            found = await self.get(key)
+            if found is not None:
+                out.append(found.record)
+        return sorted(out, key=lambda r: (r.model, r.created_ts, r.id))
+
+    async def create(self, record: deploy_pb2.DeploymentRecord) -> int:
+        """Write a new deployment; Conflict when the id is taken."""
+        try:
+            return await self.deployments.create(record.id, record.SerializeToString())
+        except KeyWrongLastSequenceError:
+            raise Conflict(record.id) from None
+        except Exception as e:  # nats-py raises a generic APIError for "key exists"
+            if "wrong last sequence" in str(e).lower() or "exists" in str(e).lower():
+                raise Conflict(record.id) from None
+            raise
+
+    async def update(self, record: deploy_pb2.DeploymentRecord, revision: int) -> int:
+        """Compare-and-set: Conflict when the stored revision is no longer `revision`."""
+        record.generation += 1
+        try:
+            return await self.deployments.update(record.id, record.SerializeToString(), last=revision)
+        except KeyWrongLastSequenceError:
+            raise Conflict(record.id) from None
+        except Exception as e:
+            if "wrong last sequence" in str(e).lower():
+                raise Conflict(record.id) from None
+            raise
+
+    async def delete(self, deployment_id: str) -> None:
+        await self.deployments.delete(deployment_id)
+
+    # -- environments -------------------------------------------------------------------
+
+    async def get_environment(self, model: str, name: str) -> deploy_pb2.EnvironmentRecord | None:
+        try:
+            entry = await self.environments.get(env_key(model, name))
+        except KeyNotFoundError:
+            return None
+        return deploy_pb2.EnvironmentRecord.FromString(entry.value) if entry.value else None
+
+    async def list_environments(self) -> list[deploy_pb2.EnvironmentRecord]:
+        try:
+            keys = await self.environments.keys()
+        except NoKeysError:
+            return []
+        out = []
+        for key in keys:
+            model, _, name = key.rpartition(".")
+            rec = await self.get_environment(model, name)
+            if rec is not None:
+                out.append(rec)
+        return sorted(out, key=lambda r: (r.model, r.name))
+
+    async def put_environment(self, rec: deploy_pb2.EnvironmentRecord) -> None:
+        await self.environments.put(env_key(rec.model, rec.name), rec.SerializeToString())
+
+    async def delete_environment(self, model: str, name: str) -> None:
+        await self.environments.delete(env_key(model, name))
