@@ -17,6 +17,9 @@ Sequencing per replica (epoch, seq), with `floor` = the seq of the last dump app
   seq > last + 1 (a gap)    -> apply what can be chained; need_dump
   seq <= floor, seq == last -> stale (delivered around a dump, or twice): ignored
   floor < seq < last        -> seq went backwards: drop its entries; apply; need_dump
+Once set, need_dump stays set on every later result for that replica until `apply_dump` (or
+a fresh start at seq 0 in a new epoch) clears it, so an adapter whose dump call failed simply
+tries again on the next batch.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class _Replica:
     epoch: str
     last_seq: int
     floor_seq: int = -1
+    dump_pending: bool = False
     # engine hash (EngineBlockHash) -> own hash.
     engine_to_own: dict[int, OwnBlockHash] = field(default_factory=dict)
     # own hash -> how many engine hashes beyond the first map to it on this replica.
@@ -139,7 +143,7 @@ class PrefixIndex:
             reset, need_dump = True, seq != 0
         elif seq <= rep.floor_seq or seq == rep.last_seq:
             self._n.stale_batches += 1
-            return ApplyResult(stale=True)
+            return ApplyResult(need_dump=rep.dump_pending, stale=True)
         elif seq < rep.last_seq:
             self._reset(rep, batch.epoch)
             reset, need_dump = True, seq != 0
@@ -148,8 +152,10 @@ class PrefixIndex:
         rep.last_seq = seq
         if reset:
             self._n.resets += 1
-        if need_dump:
+            rep.dump_pending = False
+        if need_dump and not rep.dump_pending:
             self._n.dumps_requested += 1
+            rep.dump_pending = True
         tally = _Tally()
         for event in batch.events:
             if isinstance(event, BlockStored):
@@ -158,7 +164,9 @@ class PrefixIndex:
                 self._remove(rep, event.block_hashes, tally)
             elif isinstance(event, AllBlocksCleared):
                 self._clear(rep)
-        return ApplyResult(need_dump, reset, False, tally.stored, tally.removed, tally.skipped)
+        return ApplyResult(
+            rep.dump_pending, reset, False, tally.stored, tally.removed, tally.skipped
+        )
 
     def apply_dump(
         self, replica_id: ReplicaId, epoch: str, seq: int, blocks: Iterable[BlockStored]
@@ -171,6 +179,7 @@ class PrefixIndex:
             self._reset(rep, epoch)
         rep.last_seq = seq
         rep.floor_seq = seq
+        rep.dump_pending = False
         tally = _Tally()
         for event in blocks:
             self._store(rep, event, tally)
