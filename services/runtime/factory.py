@@ -37,7 +37,7 @@ def make_engine(settings: RuntimeSettings, tokenizer: Any) -> Engine:
 
         cfg = SimConfig(
             model_name=name,
-            block_size=settings.block_size,
+            block_size=settings.block_size or 16,
             num_blocks=settings.sim_num_blocks,
             max_model_len=settings.max_model_len,
             max_num_seqs=settings.max_num_seqs,
@@ -49,16 +49,17 @@ def make_engine(settings: RuntimeSettings, tokenizer: Any) -> Engine:
     if settings.engine is EngineKind.VLLM:
         from .engines.vllm import VllmConfig, VllmEngine
 
-        return VllmEngine(
-            VllmConfig(
-                model=settings.model,
-                served_model_name=name,
-                block_size=settings.block_size,
-                max_model_len=settings.max_model_len,
-                max_num_seqs=settings.max_num_seqs,
-                gpu_memory_utilization=settings.gpu_memory_utilization,
-            )
+        cfg = VllmConfig(
+            model=settings.model,
+            served_model_name=name,
+            max_model_len=settings.max_model_len,
+            max_num_seqs=settings.max_num_seqs,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            kv_cache_bytes=settings.kv_cache_bytes,
         )
+        if settings.block_size:
+            cfg.block_size = settings.block_size
+        return VllmEngine(cfg)
     if settings.engine is EngineKind.PYTHON:
         from .engines.python_model import PythonModelEngine
 

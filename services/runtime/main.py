@@ -63,7 +63,7 @@ class Replica:
             zone=s.zone,
             cluster=s.cluster,
             lora_adapters=sorted(self.engine.loras()),
-            kv_block_size=self.info.kv_block_size if self.info else s.block_size,
+            kv_block_size=self.info.kv_block_size if self.info else (s.block_size or 0),
             kv_blocks_total=self.info.kv_blocks_total if self.info else 0,
             state=self.state,
             owner=s.owner,
