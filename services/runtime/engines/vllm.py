@@ -1,0 +1,454 @@
+"""The vLLM engine: AsyncLLM in-process, its KV events over zmq, LoRA at run time (does I/O).
+
+vLLM runs its EngineCore in child processes; this adapter owns them and a zmq SUB socket on
+which vLLM's own KV-event publisher (prefix caching on) connects. The conversions from
+vLLM's types to ours are plain functions at the top; the adapter class is below them.
+vLLM is imported lazily, so importing this module costs nothing until `start()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent
+from basalt.log import get_logger
+
+from ..engine import (
+    EngineInfo,
+    EngineStats,
+    FinishReason,
+    GenerateChunk,
+    GenerateInput,
+    SamplingParams,
+    Usage,
+)
+from ..errors import InvalidRequest, NotSupported, PromptTooLong, UnknownLora
+
+log = get_logger(__name__)
+
+_U64 = (1 << 64) - 1
+
+
+@dataclass(slots=True)
+class VllmConfig:
+    model: str  # a local model folder (nothing is downloaded)
+    served_model_name: str | None = None  # default: the folder's name
+    # vLLM's CPU attention needs a multiple of 32; GPUs take 16 or 32 as well.
+    block_size: int = 32
+    max_model_len: int = 1024
+    # Share of device memory for weights + KV cache. On the CPU build: of the NUMA node's RAM
+    # (0.2 gives the tiny model ~1.1 GiB of KV cache here). Ignored when kv_cache_bytes is set;
+    # VLLM_CPU_KVCACHE_SPACE (GiB), if set, overrides both on CPU.
+    gpu_memory_utilization: float = 0.2
+    kv_cache_bytes: int | None = None
+    max_num_seqs: int = 16
+    enable_lora: bool = True
+    max_loras: int = 2
+    max_lora_rank: int = 8
+    enforce_eager: bool = True  # no torch.compile / graphs: starts much faster
+    seed: int = 0
+    dtype: str = "auto"
+    kv_events_topic: str = "kv"
+
+
+# ---- conversions (pure) ------------------------------------------------------------------
+
+
+def block_hash_to_int(h: bytes | int) -> int:
+    """vLLM publishes 64-bit ints by default; a bytes hash is folded the way vLLM folds it."""
+    if isinstance(h, bytes):
+        return int.from_bytes(h, "big") & _U64
+    return h & _U64
+
+
+def convert_event(e: Any) -> KvEvent | None:
+    """One vLLM KV event as ours; None for an event kind we do not know."""
+    kind = type(e).__name__
+    if kind == "BlockStored":
+        parent = e.parent_block_hash
+        return BlockStored(
+            block_hashes=[block_hash_to_int(h) for h in e.block_hashes],
+            parent_block_hash=None if parent is None else block_hash_to_int(parent),
+            token_ids=list(e.token_ids),
+            block_size=e.block_size,
+            lora_name=e.lora_name or None,
+        )
+    if kind == "BlockRemoved":
+        return BlockRemoved(block_hashes=[block_hash_to_int(h) for h in e.block_hashes])
+    if kind == "AllBlocksCleared":
+        return AllBlocksCleared()
+    return None
+
+
+def convert_batch(events: list[Any]) -> list[KvEvent]:
+    return [c for c in (convert_event(e) for e in events) if c is not None]
+
+
+def missing_batches(last_seq: int | None, seq: int) -> int:
+    """How many publisher batches were lost between `last_seq` and `seq` (0 when in order)."""
+    if last_seq is None or seq <= last_seq:
+        return 0  # first batch seen, or the publisher restarted its count
+    return seq - last_seq - 1
+
+
+def finish_reason(reason: str | None) -> FinishReason:
+    if reason == "length":
+        return FinishReason.LENGTH
+    if reason == "stop":
+        return FinishReason.STOP
+    return FinishReason.ABORT  # "abort", "error", or anything newer
+
+
+def check_input(req: GenerateInput, vocab_size: int, max_model_len: int) -> None:
+    """Raise InvalidRequest / PromptTooLong for a request vLLM must not see."""
+    req.sampling.validate()
+    ids = req.prompt_token_ids
+    if not ids:
+        raise InvalidRequest("the prompt is empty")
+    if len(ids) + req.sampling.max_tokens > max_model_len:
+        raise PromptTooLong(len(ids), req.sampling.max_tokens, max_model_len)
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequest(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+
+
+def check_block_size(block_size: int) -> None:
+    """Fail with the setting's name where vLLM would fail deep in its worker process."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() and block_size % 32:
+        raise ValueError(
+            f"block_size must be a multiple of 32 on vLLM's CPU build, got {block_size}"
+        )
+
+
+def vllm_sampling_kwargs(p: SamplingParams) -> dict[str, Any]:
+    """Keyword arguments for vLLM's SamplingParams (output_kind is added by the caller)."""
+    return {
+        "n": 1,
+        "max_tokens": p.max_tokens,
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "top_k": p.top_k,  # 0 is "off" in vLLM too
+        "seed": p.seed,
+        "stop": list(p.stop) or None,
+        "stop_token_ids": list(p.stop_token_ids) or None,
+        "ignore_eos": p.ignore_eos,
+        "detokenize": True,
+    }
+
+
+# ---- adapter -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _SchedulerView:
+    """The latest SchedulerStats vLLM reported (written by the stat logger)."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_usage: float = 0.0
+
+
+def _stat_logger_class(view: _SchedulerView) -> type:
+    """A vLLM StatLoggerBase that copies each SchedulerStats into `view`."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class SchedulerStatsSink(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, *_: Any, **__: Any) -> None:
+            if scheduler_stats is None:
+                return
+            view.num_running = scheduler_stats.num_running_reqs
+            view.num_waiting = (
+                scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
+            )
+            view.kv_usage = scheduler_stats.kv_cache_usage
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return SchedulerStatsSink
+
+
+async def _chunks(stream: Any, prompt_len: int) -> AsyncGenerator[GenerateChunk, None]:
+    """Our chunks from vLLM's DELTA RequestOutputs; the stream ends after the finished one."""
+    from vllm.exceptions import VLLMClientError
+
+    try:
+        out = await anext(stream, None)
+    except (ValueError, VLLMClientError) as e:
+        raise InvalidRequest(str(e)) from e  # vLLM refused the request on admission
+    completion = 0
+    while out is not None:
+        o = out.outputs[0]
+        completion += len(o.token_ids)
+        if out.finished:
+            usage = Usage(prompt_len, completion, out.num_cached_tokens or 0)
+            yield GenerateChunk(list(o.token_ids), o.text, finish_reason(o.finish_reason), usage)
+        elif o.token_ids or o.text:
+            yield GenerateChunk(token_ids=list(o.token_ids), text=o.text)
+        out = await anext(stream, None)
+
+
+class VllmEngine:
+    """One model in vLLM's AsyncLLM. Methods run on the caller's asyncio loop."""
+
+    kind = "vllm"
+
+    def __init__(self, config: VllmConfig) -> None:
+        self.config = config
+        self._llm: Any = None
+        self._info: EngineInfo | None = None
+        self._vocab_size = 0
+        self._view = _SchedulerView()
+        self._running: set[str] = set()
+        self._loras: dict[str, str] = {}  # name -> path, loaded now
+        self._lora_ids: dict[str, int] = {}  # name -> vLLM int id, stable for the process
+        self._next_lora_id = itertools.count(1)
+        self._kv_queue: asyncio.Queue[list[KvEvent] | None] = asyncio.Queue()
+        self._zmq_ctx: Any = None
+        self._sub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+
+    # -- lifecycle --
+
+    async def start(self) -> EngineInfo:
+        """Start vLLM (tens of seconds on CPU; the loop stays free meanwhile)."""
+        if self._llm is not None:
+            raise RuntimeError("the vllm engine is already started")
+        endpoint = self._open_kv_socket()  # bound first: vLLM's publisher connects to it
+        try:
+            self._llm = await asyncio.to_thread(self._build_llm, endpoint)
+        except BaseException:
+            await self._close_kv_socket()
+            raise
+        self._reader = asyncio.create_task(self._read_kv_events(), name="vllm-kv-events")
+        vcfg = self._llm.vllm_config
+        self._vocab_size = self._llm.model_config.get_vocab_size()
+        self._info = EngineInfo(
+            model=self.config.served_model_name or Path(self.config.model).name,
+            kv_block_size=vcfg.cache_config.block_size,
+            kv_blocks_total=max((vcfg.cache_config.num_gpu_blocks or 1) - 1, 0),  # less null
+            max_model_len=self._llm.model_config.max_model_len,
+        )
+        log.info("vllm engine started", model=self._info.model, blocks=self._info.kv_blocks_total)
+        return self._info
+
+    def _build_llm(self, kv_endpoint: str) -> Any:
+        from vllm.config.kv_events import KVEventsConfig
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        c = self.config
+        check_block_size(c.block_size)
+        args = AsyncEngineArgs(
+            model=c.model,
+            served_model_name=c.served_model_name or Path(c.model).name,
+            block_size=c.block_size,
+            max_model_len=c.max_model_len,
+            gpu_memory_utilization=c.gpu_memory_utilization,
+            kv_cache_memory_bytes=c.kv_cache_bytes,
+            max_num_seqs=c.max_num_seqs,
+            enable_lora=c.enable_lora,
+            max_loras=c.max_loras,
+            max_lora_rank=c.max_lora_rank,  # type: ignore[arg-type]
+            enforce_eager=c.enforce_eager,
+            seed=c.seed,
+            dtype=c.dtype,  # type: ignore[arg-type]
+            enable_prefix_caching=True,
+            disable_log_stats=True,  # only our stat logger (no Prometheus globals, no log spam)
+            kv_events_config=KVEventsConfig(
+                enable_kv_cache_events=True,
+                publisher="zmq",
+                endpoint=kv_endpoint,  # a tcp://host:port endpoint: vLLM connects to our SUB
+                topic=c.kv_events_topic,
+            ),
+        )
+        return AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_class(self._view)])
+
+    async def shutdown(self) -> None:
+        """Stop vLLM's processes and the KV-event socket; safe to call twice."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            if self._running:  # end every open stream with finish_reason ABORT
+                await llm.abort(list(self._running))
+            handler = getattr(llm, "output_handler", None)
+            if handler is not None:  # stop reading outputs before the EngineCore goes away
+                handler.cancel()
+                await asyncio.gather(handler, return_exceptions=True)
+            await asyncio.to_thread(llm.shutdown)
+            # AsyncLLM.__del__ calls shutdown() again, perhaps at interpreter exit when
+            # vLLM's module globals are gone (a TypeError on stderr): make that a no-op.
+            llm.shutdown = lambda *_, **__: None
+        await self._close_kv_socket()
+
+    # -- generation --
+
+    async def generate(self, req: GenerateInput) -> AsyncIterator[GenerateChunk]:
+        """Stream chunks; InvalidRequest (and subclasses) come before the first chunk."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import SamplingParams as VllmSamplingParams
+
+        llm, info = self._started()
+        check_input(req, self._vocab_size, info.max_model_len)
+        lora = self._lora_request(req.lora_name)
+        if req.request_id in self._running:
+            raise InvalidRequest(f"request id {req.request_id!r} is already running")
+        try:
+            params = VllmSamplingParams(
+                **vllm_sampling_kwargs(req.sampling), output_kind=RequestOutputKind.DELTA
+            )
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from e
+        prompt = TokensPrompt(prompt_token_ids=list(req.prompt_token_ids))
+        stream = llm.generate(prompt, params, req.request_id, lora_request=lora)
+        chunks = _chunks(stream, len(req.prompt_token_ids))
+        self._running.add(req.request_id)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            self._running.discard(req.request_id)
+            await chunks.aclose()
+            await stream.aclose()  # after a cancel or an early aclose: vLLM aborts the request
+
+    async def abort(self, request_id: str) -> bool:
+        if self._llm is None or request_id not in self._running:
+            return False
+        await self._llm.abort(request_id)
+        return True
+
+    def predict(self, payload: Any) -> AsyncIterator[Any]:
+        raise NotSupported("the vllm engine serves generate(), not predict()")
+
+    # -- state --
+
+    def stats(self) -> EngineStats:
+        total = self._info.kv_blocks_total if self._info else 0
+        v = self._view
+        return EngineStats(v.num_running, v.num_waiting, round(v.kv_usage * total), total)
+
+    async def reset_prefix_cache(self) -> bool:
+        """Drop every cached block (AllBlocksCleared follows); False while blocks are in use."""
+        llm, _ = self._started()
+        return bool(await llm.reset_prefix_cache())
+
+    # -- LoRA --
+
+    def loras(self) -> list[str]:
+        return sorted(self._loras)
+
+    async def load_lora(self, name: str, path: str) -> None:
+        llm, _ = self._started()
+        if not self.config.enable_lora:
+            raise NotSupported("this engine was started with enable_lora=False")
+        if self._loras.get(name) == path:
+            return
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise InvalidRequest(f"no LoRA adapter (adapter_config.json) at {path!r}")
+        if name in self._loras:
+            await self.unload_lora(name)
+        lora_id = self._lora_ids.setdefault(name, next(self._next_lora_id))
+        request = self._make_lora_request(name, lora_id, path)
+        try:
+            ok = await llm.add_lora(request)
+        except Exception as e:  # vLLM re-raises the worker's error as-is
+            raise InvalidRequest(f"cannot load LoRA {name!r} from {path!r}: {e}") from e
+        if not ok:
+            raise InvalidRequest(f"vLLM refused LoRA {name!r} from {path!r}")
+        self._loras[name] = path
+        log.info("lora loaded", lora=name, path=path, lora_id=lora_id)
+
+    async def unload_lora(self, name: str) -> None:
+        llm, _ = self._started()
+        if name not in self._loras:
+            raise UnknownLora(name, self.loras())
+        del self._loras[name]
+        await llm.remove_lora(self._lora_ids[name])
+        log.info("lora unloaded", lora=name)
+
+    def _lora_request(self, name: str | None) -> Any:
+        if name is None:
+            return None
+        if name not in self._loras:
+            raise UnknownLora(name, self.loras())
+        return self._make_lora_request(name, self._lora_ids[name], self._loras[name])
+
+    @staticmethod
+    def _make_lora_request(name: str, lora_id: int, path: str) -> Any:
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=path)
+
+    def _started(self) -> tuple[Any, EngineInfo]:
+        if self._llm is None or self._info is None:
+            raise RuntimeError("the vllm engine is not running (call start() first)")
+        return self._llm, self._info
+
+    # -- KV events --
+
+    async def kv_events(self) -> AsyncIterator[list[KvEvent]]:
+        """Batches in the order vLLM published them; ends at shutdown. One consumer only."""
+        while True:
+            batch = await self._kv_queue.get()
+            if batch is None:
+                self._kv_queue.put_nowait(None)  # let a later call end too
+                return
+            yield batch
+
+    def _open_kv_socket(self) -> str:
+        import zmq
+        import zmq.asyncio
+
+        self._zmq_ctx = zmq.asyncio.Context()
+        self._sub = self._zmq_ctx.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.SUBSCRIBE, self.config.kv_events_topic.encode())
+        self._sub.setsockopt(zmq.RCVHWM, 0)  # never drop here; vLLM's HWM guards its side
+        port = self._sub.bind_to_random_port("tcp://127.0.0.1")
+        return f"tcp://127.0.0.1:{port}"
+
+    async def _read_kv_events(self) -> None:
+        import msgspec
+        from vllm.distributed.kv_events import KVEventBatch
+
+        decoder = msgspec.msgpack.Decoder(type=KVEventBatch)
+        last_seq: int | None = None
+        while True:
+            frames = await self._sub.recv_multipart()
+            if len(frames) != 3:  # (topic, seq, payload) is vLLM's wire format
+                log.warning("malformed vllm kv event message", frames=len(frames))
+                continue
+            seq = int.from_bytes(frames[1], "big", signed=True)
+            payload = frames[2]
+            if lost := missing_batches(last_seq, seq):
+                log.warning("vllm kv events lost", missing_batches=lost, last=last_seq, seq=seq)
+            last_seq = seq
+            try:
+                batch = decoder.decode(payload)
+            except msgspec.DecodeError as e:
+                log.warning("undecodable vllm kv event batch", seq=seq, error=str(e))
+                continue
+            if events := convert_batch(batch.events):
+                self._kv_queue.put_nowait(events)
+
+    async def _close_kv_socket(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
+        if self._sub is not None:
+            self._sub.close(linger=0)
+            self._sub = None
+        if self._zmq_ctx is not None:
+            self._zmq_ctx.term()
+            self._zmq_ctx = None
+        self._kv_queue.put_nowait(None)
