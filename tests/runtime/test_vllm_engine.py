@@ -262,6 +262,10 @@ async def test_bad_requests_fail_before_any_chunk(engine: VllmEngine) -> None:
         await run(engine, request([]))
     with pytest.raises(InvalidRequest, match="top_p"):
         await run(engine, request([5, 6], top_p=0.0))
+    with pytest.raises(InvalidRequest, match="stop token id -1"):
+        await run(engine, request([5, 6], stop_token_ids=[-1]))
+    with pytest.raises(InvalidRequest, match="empty string"):  # vLLM's own check, mapped
+        await run(engine, request([5, 6], stop=[""]))
     assert engine.stats().num_running == 0
 
 

@@ -112,9 +112,10 @@ def check_input(req: GenerateInput, vocab_size: int, max_model_len: int) -> None
         raise InvalidRequest("the prompt is empty")
     if len(ids) + req.sampling.max_tokens > max_model_len:
         raise PromptTooLong(len(ids), req.sampling.max_tokens, max_model_len)
-    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
-    if bad is not None:
-        raise InvalidRequest(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+    for what, tokens in (("token id", ids), ("stop token id", req.sampling.stop_token_ids)):
+        bad = next((t for t in tokens if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise InvalidRequest(f"{what} {bad} is outside the vocabulary [0, {vocab_size})")
 
 
 def check_block_size(block_size: int) -> None:
@@ -294,6 +295,7 @@ class VllmEngine:
 
     async def generate(self, req: GenerateInput) -> AsyncIterator[GenerateChunk]:
         """Stream chunks; InvalidRequest (and subclasses) come before the first chunk."""
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
         from vllm.sampling_params import SamplingParams as VllmSamplingParams
@@ -307,7 +309,7 @@ class VllmEngine:
             params = VllmSamplingParams(
                 **vllm_sampling_kwargs(req.sampling), output_kind=RequestOutputKind.DELTA
             )
-        except ValueError as e:
+        except (ValueError, VLLMClientError) as e:  # e.g. an empty stop string
             raise InvalidRequest(str(e)) from e
         prompt = TokensPrompt(prompt_token_ids=list(req.prompt_token_ids))
         stream = llm.generate(prompt, params, req.request_id, lora_request=lora)
