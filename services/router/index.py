@@ -7,8 +7,17 @@ Representation: `own hash -> int bitmask of replica slots` (replica ids interned
 ints, slots reused after a replica is removed). `match` ANDs the masks along the request's
 prefix and stops when the mask is empty. Most blocks sit on one replica, so a one-bit mask is
 always that replica's single shared int object: no int per block, and `match` skips the AND
-(an identity test) while the prefix stays on one replica. CPython dict lookups over a large
-index are memory-bound (~100+ ns each), so `match` costs about that per leading block. Per replica, `engine hash -> own hash` resolves
+(an identity test) while the prefix stays on one replica.
+
+Fast match: CPython dict lookups over a large index are memory-bound (100-400 ns each), so a
+linear walk of a 1,024-block prompt costs ~0.2-0.4 ms. But a replica whose cached set is
+prefix-closed (every held block's parent is held too; vLLM and SGLang evict tail-first, so
+this is the normal state) holds block i of a chain only if it holds blocks 0..i-1: its depth
+can be found by bisection, ~log2(n) lookups per distinct depth. The index knows which replicas
+are closed by counting, per replica, held blocks whose parent it does not hold (`orphans`),
+which needs each held block's parent (`_parent`, global, as the own hash fixes it) and, per
+replica, how many held children each block has (`kids`). Replicas with orphans are walked
+linearly, so `match` is exact either way. Per replica, `engine hash -> own hash` resolves
 parents and removals; `dups` counts the rare own hash held under several engine hashes.
 
 Sequencing per replica (epoch, seq), with `floor` = the seq of the last dump applied:
@@ -62,6 +71,8 @@ class IndexStats:
     stale_batches: int
     resets: int
     dumps_requested: int
+    # Replicas holding a block whose parent they lost (matched block by block, slower).
+    open_replicas: int
     memory_bytes: int
 
 
@@ -73,10 +84,14 @@ class _Replica:
     last_seq: int
     floor_seq: int = -1
     dump_pending: bool = False
+    # Held blocks whose parent this replica does not hold; 0 = prefix-closed.
+    orphans: int = 0
     # engine hash (EngineBlockHash) -> own hash.
     engine_to_own: dict[int, OwnBlockHash] = field(default_factory=dict)
     # own hash -> how many engine hashes beyond the first map to it on this replica.
     dups: dict[OwnBlockHash, int] = field(default_factory=dict)
+    # own hash -> how many blocks this replica holds whose parent it is (entries > 0 only).
+    kids: dict[OwnBlockHash, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -105,6 +120,8 @@ class PrefixIndex:
         "_hasher",
         "_masks",
         "_n",
+        "_open",
+        "_parent",
         "_replicas",
         "_slot_bits",
         "_slot_ids",
@@ -113,6 +130,10 @@ class PrefixIndex:
     def __init__(self, seed: int = 0, hash_fn: HasherFactory = default_hasher) -> None:
         self._hasher = BlockHasher(seed, hash_fn)
         self._masks: dict[OwnBlockHash, int] = {}
+        # own hash -> own hash of its parent, for every indexed block that has one.
+        self._parent: dict[OwnBlockHash, OwnBlockHash] = {}
+        # Slots of replicas that are not prefix-closed (orphans > 0).
+        self._open = 0
         self._replicas: dict[ReplicaId, _Replica] = {}
         self._slot_ids: list[ReplicaId | None] = []
         # slot -> its one-bit mask; the same int object every one-bit mask in _masks uses.
@@ -198,15 +219,44 @@ class PrefixIndex:
     # -- query -----------------------------------------------------------------------------
 
     def match(self, own_hashes: Sequence[OwnBlockHash]) -> dict[ReplicaId, int]:
-        """Per replica, how many leading blocks of `own_hashes` it holds (only replicas > 0)."""
+        """Per replica, how many leading blocks of `own_hashes` it holds (only replicas > 0).
+
+        `own_hashes` is one chain, as `hasher` returns it for a prompt."""
         if not own_hashes:
             return {}
-        get = self._masks.get
-        mask = get(own_hashes[0], 0)
+        first = self._masks.get(own_hashes[0], 0)
         out: dict[ReplicaId, int] = {}
-        if not mask:
+        if not first:
             return out
-        for depth, h in enumerate(own_hashes):
+        walk = first & self._open
+        if first ^ walk:
+            self._bisect(own_hashes, first ^ walk, out)
+        if walk:
+            self._walk(own_hashes, walk, out)
+        return out
+
+    def _bisect(self, hashes: Sequence[OwnBlockHash], bits: int, out: dict[ReplicaId, int]) -> None:
+        """Depths of prefix-closed replicas `bits`: holders of block i nest as i grows, so
+        split [lo, hi) only while the holder sets at its ends differ."""
+        get = self._masks.get
+        stack = [(0, len(hashes), bits, 0)]  # (lo, hi, holders of block lo, of block hi)
+        while stack:
+            lo, hi, at_lo, at_hi = stack.pop()
+            if at_lo == at_hi:
+                continue
+            if hi - lo == 1:
+                self._emit(at_lo ^ at_hi, hi, out)
+                continue
+            mid = (lo + hi) // 2
+            at_mid = get(hashes[mid], 0) & at_lo
+            stack.append((mid, hi, at_mid, at_hi & at_mid))
+            stack.append((lo, mid, at_lo, at_mid))
+
+    def _walk(self, hashes: Sequence[OwnBlockHash], mask: int, out: dict[ReplicaId, int]) -> None:
+        """Depths of replicas `mask`, block by block: AND the masks, stop when none is left."""
+        get = self._masks.get
+        mask = self._canonical(mask)
+        for depth, h in enumerate(hashes):
             x = get(h, 0)
             if x is mask:  # one-bit masks are shared objects: same replica, nothing to AND
                 continue
@@ -214,10 +264,9 @@ class PrefixIndex:
             if m != mask:
                 self._emit(mask ^ m, depth, out)
                 if not m:
-                    return out
+                    return
                 mask = self._canonical(m)
-        self._emit(mask, len(own_hashes), out)
-        return out
+        self._emit(mask, len(hashes), out)
 
     def replicas(self) -> list[ReplicaId]:
         return list(self._replicas)
@@ -239,6 +288,7 @@ class PrefixIndex:
             stale_batches=n.stale_batches,
             resets=n.resets,
             dumps_requested=n.dumps_requested,
+            open_replicas=self._open.bit_count(),
             memory_bytes=self._memory_estimate(),
         )
 
@@ -293,7 +343,7 @@ class PrefixIndex:
         tokens = event.token_ids
         data = tokens_to_bytes(tokens if len(tokens) == n * bs else tokens[: n * bs])
         owns = chain_bytes(data, bs, n, self._hasher.template(event.lora_name), parent)
-        self._insert(rep, engine_hashes, owns)
+        self._insert(rep, engine_hashes, owns, parent)
         tally.stored += n
 
     def _skip(self, blocks: int, tally: _Tally) -> None:
@@ -302,27 +352,43 @@ class PrefixIndex:
         self._n.skipped_events += 1
 
     def _insert(
-        self, rep: _Replica, engine_hashes: Sequence[int], owns: Sequence[OwnBlockHash]
+        self,
+        rep: _Replica,
+        engine_hashes: Sequence[int],
+        owns: Sequence[OwnBlockHash],
+        parent: OwnBlockHash | None,
     ) -> None:
-        masks = self._masks
         e2o = rep.engine_to_own
-        bit = rep.bit
         added = 0
         for eh, oh in zip(engine_hashes, owns):
             old = e2o.get(eh)
+            if old is not None and old == oh:
+                parent = oh
+                continue  # stored again: nothing changes
             if old is not None:
-                if old == oh:
-                    continue  # stored again: nothing changes
                 self._drop_own(rep, old)
                 added -= 1
             e2o[eh] = oh
             added += 1
-            m = masks.get(oh, 0)
-            if m & bit:
-                rep.dups[oh] = rep.dups.get(oh, 0) + 1
-            else:
-                masks[oh] = m | bit if m else bit
+            self._hold(rep, oh, parent)
+            parent = oh
         self._entries += added
+
+    def _hold(self, rep: _Replica, oh: OwnBlockHash, parent: OwnBlockHash | None) -> None:
+        """`rep` holds `oh` under one more engine hash; its parent (if any) is held by `rep`."""
+        masks, bit = self._masks, rep.bit
+        m = masks.get(oh, 0)
+        if m & bit:
+            rep.dups[oh] = rep.dups.get(oh, 0) + 1
+            return
+        masks[oh] = m | bit if m else bit
+        if parent is not None:
+            if not m:
+                self._parent[oh] = parent
+            rep.kids[parent] = rep.kids.get(parent, 0) + 1
+        adopted = rep.kids.get(oh)
+        if adopted:
+            self._set_orphans(rep, rep.orphans - adopted)
 
     def _remove(self, rep: _Replica, engine_hashes: Sequence[int], tally: _Tally) -> None:
         e2o = rep.engine_to_own
@@ -336,6 +402,7 @@ class PrefixIndex:
             tally.removed += 1
 
     def _drop_own(self, rep: _Replica, oh: OwnBlockHash) -> None:
+        """`rep` holds `oh` under one engine hash fewer; releases it at the last."""
         extra = rep.dups.get(oh)
         if extra:
             if extra == 1:
@@ -343,32 +410,58 @@ class PrefixIndex:
             else:
                 rep.dups[oh] = extra - 1
             return
-        m = self._masks.get(oh, 0) & ~rep.bit
+        masks, kids = self._masks, rep.kids
+        orphans = rep.orphans + kids.get(oh, 0)  # its held children lose their parent
+        parent = self._parent.get(oh)
+        if parent is not None:
+            left = kids[parent] - 1
+            if left:
+                kids[parent] = left
+            else:
+                del kids[parent]
+            if not masks.get(parent, 0) & rep.bit:
+                orphans -= 1  # it was an orphan itself
+        m = masks.get(oh, 0) & ~rep.bit
         if m:
-            self._masks[oh] = self._canonical(m)
+            masks[oh] = self._canonical(m)
         else:
-            self._masks.pop(oh, None)
+            del masks[oh]
+            self._parent.pop(oh, None)
+        self._set_orphans(rep, orphans)
+
+    def _set_orphans(self, rep: _Replica, orphans: int) -> None:
+        assert orphans >= 0, "orphan count went negative"
+        rep.orphans = orphans
+        if orphans:
+            self._open |= rep.bit
+        else:
+            self._open &= ~rep.bit
 
     def _clear(self, rep: _Replica) -> None:
-        masks = self._masks
+        masks, parents = self._masks, self._parent
         keep = ~rep.bit
         canonical = self._canonical
         for oh in rep.engine_to_own.values():
             m = masks.get(oh, 0) & keep
             if m:
                 masks[oh] = canonical(m)
-            else:
-                masks.pop(oh, None)
+            elif oh in masks:
+                del masks[oh]
+                parents.pop(oh, None)
         self._entries -= len(rep.engine_to_own)
         rep.engine_to_own.clear()
         rep.dups.clear()
+        rep.kids.clear()
+        self._set_orphans(rep, 0)
 
     def _memory_estimate(self) -> int:
-        """Dict tables plus int objects (keys, multi-bit masks, engine hashes, own hashes)."""
+        """Dict tables plus int objects (keys, multi-bit masks, engine hashes, own hashes);
+        O(distinct blocks): call it at metrics cadence, not per request."""
         int_size = sys.getsizeof(1 << 63)
         shared = len(self._masks) - sum(1 for m in self._masks.values() if m & (m - 1))
         total = sys.getsizeof(self._masks) + (2 * len(self._masks) - shared) * int_size
+        total += sys.getsizeof(self._parent)
         for rep in self._replicas.values():
             total += sys.getsizeof(rep.engine_to_own) + sys.getsizeof(rep.dups)
-            total += len(rep.engine_to_own) * 2 * int_size
+            total += sys.getsizeof(rep.kids) + len(rep.engine_to_own) * 2 * int_size
         return total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from itertools import pairwise
 
 from basalt.ids import ReplicaId
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatchData
@@ -75,6 +76,18 @@ def test_match_stops_at_the_first_missing_block() -> None:
     assert index.match(own(PROMPT)) == {R1: 2}
     index.apply(batch("r1", 2, BlockRemoved([A.hashes(PROMPT)[0]])))
     assert index.match(own(PROMPT)) == {}
+
+
+def test_a_refilled_hole_counts_again() -> None:
+    index = PrefixIndex()
+    index.apply(batch("r1", 0, A.stored(PROMPT, 0, 6)))
+    index.apply(batch("r2", 0, B.stored(PROMPT, 0, 6)))
+    index.apply(batch("r1", 1, BlockRemoved([A.hashes(PROMPT)[3]])))
+    assert index.match(own(PROMPT)) == {R1: 3, R2: 6}
+    assert index.stats().open_replicas == 1  # r1 holds blocks 4-5 without their parent
+    index.apply(batch("r1", 2, A.stored(PROMPT, 3, 4)))
+    assert index.match(own(PROMPT)) == {R1: 6, R2: 6}
+    assert index.stats().open_replicas == 0
 
 
 def test_each_replica_gets_its_own_depth() -> None:
@@ -258,19 +271,22 @@ def test_random_event_streams_match_a_plain_model() -> None:
     engines = {f"r{i}": FakeEngine(f"engine-{i % 3}".encode()) for i in range(12)}
     held: dict[str, dict[int, OwnBlockHash]] = {r: {} for r in engines}  # engine -> own
     index, seqno = PrefixIndex(), dict.fromkeys(engines, 0)
-    for _ in range(400):
+    open_counts: set[int] = set()
+    for _ in range(600):
         r = rng.choice(list(engines))
         engine, tokens = engines[r], rng.choice(seqs)
         hashes, owns = engine.hashes(tokens), own(tokens)
         roll = rng.random()
-        if roll < 0.6:
+        if roll < 0.55:
             starts = [i for i in range(len(hashes)) if i == 0 or hashes[i - 1] in held[r]]
             first = rng.choice(starts)
             last = rng.randrange(first + 1, len(hashes) + 1)
             event: object = engine.stored(tokens, first, last)
             held[r].update(zip(hashes[first:last], owns[first:last]))
         elif roll < 0.95:
-            gone = rng.sample(hashes, rng.randrange(1, 4))
+            # Tail-first eviction (keeps the replica prefix-closed), or any blocks (holes).
+            tail = [h for h in hashes if h in held[r]][-rng.randrange(1, 6) :]
+            gone = tail if roll < 0.8 else rng.sample(hashes, rng.randrange(1, 4))
             event = BlockRemoved(gone)
             for h in gone:
                 held[r].pop(h, None)
@@ -279,6 +295,7 @@ def test_random_event_streams_match_a_plain_model() -> None:
             held[r].clear()
         index.apply(batch(r, seqno[r], event))
         seqno[r] += 1
+        open_replicas = set()
         for tokens in seqs:
             owns = own(tokens)
             expected = {}
@@ -287,5 +304,10 @@ def test_random_event_streams_match_a_plain_model() -> None:
                 depth = next((i for i, h in enumerate(owns) if h not in values), len(owns))
                 if depth:
                     expected[ReplicaId(rid)] = depth
+                if any(a not in values and b in values for a, b in pairwise(owns)):
+                    open_replicas.add(rid)
             assert index.match(owns) == expected
+        assert index.stats().open_replicas == len(open_replicas)
+        open_counts.add(len(open_replicas))
     assert index.stats().blocks == sum(len(b) for b in held.values())
+    assert min(open_counts) <= 2 and max(open_counts) >= 6  # both match paths were used
