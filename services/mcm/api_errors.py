@@ -1,0 +1,135 @@
+"""Errors the deployments API answers with; each knows its HTTP status and carries its data (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class ApiError(Exception):
+    """Base class; `body()` is the JSON the client gets, shaped like the router's errors."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+    param: str | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+class InvalidRequest(ApiError):
+    """A field is unknown, of the wrong type or out of range; `param` names the (first) field."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "invalid_field"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class Unauthorized(ApiError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFound(ApiError):
+    status = 404
+    type = "not_found_error"
+
+    def __init__(self, kind: str, name: str, model: str | None = None) -> None:
+        where = f" of model {model!r}" if model is not None and kind != "model" else ""
+        super().__init__(f"no {kind} {name!r}{where}")
+        self.kind = kind
+        self.name = name
+        self.model = model
+        self.code = f"{kind}_not_found"
+
+
+class RouteNotFound(ApiError):
+    status = 404
+    type = "not_found_error"
+    code = "route_not_found"
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class Conflict(ApiError):
+    """The request does not fit the current state; `code` says which rule it broke."""
+
+    status = 409
+    type = "conflict_error"
+    code = "conflict"
+
+
+class DeploymentExists(Conflict):
+    code = "deployment_exists"
+
+    def __init__(self, deployment_id: str) -> None:
+        super().__init__(f"a deployment with id {deployment_id!r} exists already")
+        self.deployment_id = deployment_id
+
+
+class DevelopmentExists(Conflict):
+    code = "development_deployment_exists"
+
+    def __init__(self, model: str, existing_id: str) -> None:
+        super().__init__(f"model {model!r} has a development deployment already "
+                         f"({existing_id!r}); delete or promote it first")
+        self.model = model
+        self.existing_id = existing_id
+
+
+class EnvironmentExists(Conflict):
+    code = "environment_exists"
+
+    def __init__(self, model: str, name: str) -> None:
+        super().__init__(f"model {model!r} has an environment {name!r} already; "
+                         f"promote a deployment into it instead")
+        self.model = model
+        self.name = name
+
+
+class EnvironmentsPointAt(Conflict):
+    """The deployment is what these environments serve; it cannot go."""
+
+    code = "deployment_in_environment"
+
+    def __init__(self, deployment_id: str, environments: Sequence[str]) -> None:
+        self.deployment_id = deployment_id
+        self.environments = sorted(environments)
+        super().__init__(f"deployment {deployment_id!r} is served by environment(s) "
+                         f"{self.environments}; promote another deployment into them first")
+
+
+class DeploymentInactive(Conflict):
+    code = "deployment_inactive"
+
+    def __init__(self, deployment_id: str, action: str) -> None:
+        super().__init__(f"deployment {deployment_id!r} is inactive; activate it before "
+                         f"you {action} it")
+        self.deployment_id = deployment_id
+        self.action = action
+
+
+class WriteConflict(Conflict):
+    """Others kept changing the record; nothing of this request was written."""
+
+    code = "write_conflict"
+
+    def __init__(self, key: str, attempts: int) -> None:
+        super().__init__(f"{key!r} was changed by others {attempts} times while this request "
+                         f"tried to write it; nothing was changed, retry")
+        self.key = key
+        self.attempts = attempts

@@ -1,0 +1,303 @@
+"""Deployments API core: request bodies, transitions over records, response views (no I/O).
+
+Each transition is a pure function `record -> new record` that raises an `ApiError` when the
+change is not allowed, so the adapter validates before it writes and can re-apply the same
+function to a fresh read when a compare-and-set loses a race.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from basalt.deployfile import Autoscaling, Deployment, Environment
+from basalt.pb import deploy_pb2, events_pb2
+
+from .api_errors import (
+    DeploymentExists,
+    DeploymentInactive,
+    DevelopmentExists,
+    EnvironmentsPointAt,
+    InvalidRequest,
+    NotFound,
+)
+
+PRODUCTION = "production"
+DEVELOPMENT = "development"
+PUBLISHED = "published"
+ACTIVE = deploy_pb2.DEPLOYMENT_STATUS_ACTIVE
+INACTIVE = deploy_pb2.DEPLOYMENT_STATUS_INACTIVE
+MAX_REPLICAS = 1000
+# Environment keys are "<model>.<env>" in NATS KV, whose keys allow [-/_=.a-zA-Z0-9]; a model
+# name may hold '/' (as in "org/model") and '.', never two in a row or at an end.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_=-]+(?:[./][A-Za-z0-9_=-]+)*$")
+# Path segments the API's own routes use after a model name.
+RESERVED_SEGMENTS = frozenset({"deployments", "environments"})
+
+Record = deploy_pb2.DeploymentRecord
+EnvRecord = deploy_pb2.EnvironmentRecord
+
+
+def _without_model(cls: type[BaseModel], name: str) -> type[BaseModel]:
+    fields: Any = {n: (f.annotation, f) for n, f in cls.model_fields.items() if n != "model"}
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+
+
+# A Deployment (basalt.deployfile) without `model`: the path names the model.
+DeploymentBody = _without_model(Deployment, "DeploymentBody")
+# An Environment without `model`: {"name", "deployment_id"}.
+EnvironmentBody = _without_model(Environment, "EnvironmentBody")
+
+
+class AutoscalingPatch(BaseModel):
+    """Fields to change; ranges are those of `Autoscaling`, checked on the merged settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_replica: int | None = None
+    max_replica: int | None = None
+    autoscaling_window: int | None = None
+    scale_down_delay: int | None = None
+    concurrency_target: int | None = None
+    target_utilization_percentage: int | None = None
+
+
+class ScaleBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    replicas: int = Field(ge=0, le=MAX_REPLICAS)
+
+
+class PromoteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    deployment_id: str = Field(min_length=1)
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+def describe_errors(errors: Iterable[Any], prefix: str = "") -> InvalidRequest:
+    """One InvalidRequest from pydantic errors; the message names every field, `param` the first."""
+    parts, params = [], []
+    for err in errors:
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        where = ".".join(([prefix] if prefix else []) + loc) or "body"
+        params.append(where)
+        msg = "unknown field" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
+        parts.append(f"{where}: {msg}")
+    return InvalidRequest("; ".join(parts) or "invalid request body", params[0] if params else None)
+
+
+def check_model_name(model: str) -> str:
+    if not MODEL_NAME.match(model) or len(model) > 128:
+        raise InvalidRequest(f"model: {model!r} is not a model name (letters, digits, '_', '-', "
+                             f"'=', single '.' or '/' between them; at most 128)", "model")
+    if RESERVED_SEGMENTS & set(model.split("/")):
+        raise InvalidRequest(f"model: {model!r} may not have a segment named "
+                             f"{sorted(RESERVED_SEGMENTS)}", "model")
+    return model
+
+
+def check_autoscaling(settings: Autoscaling, prefix: str) -> None:
+    if settings.min_replica > settings.max_replica:
+        raise InvalidRequest(
+            f"{prefix}min_replica ({settings.min_replica}) must be <= {prefix}max_replica "
+            f"({settings.max_replica})", f"{prefix}min_replica")
+
+
+# -- transitions ---------------------------------------------------------------------------
+
+
+def new_deployment(model: str, body: BaseModel, now: float, existing: Sequence[Record]) -> Record:
+    """The record a create request makes; an inactive one wants 0 replicas."""
+    check_model_name(model)
+    try:
+        dep = Deployment.model_validate({**body.model_dump(), "model": model})
+    except ValidationError as e:
+        raise describe_errors(e.errors()) from None
+    check_autoscaling(dep.autoscaling, "autoscaling.")
+    for rec in existing:
+        if rec.id == dep.id:
+            raise DeploymentExists(dep.id)
+        if dep.kind == DEVELOPMENT and rec.model == model and rec.kind == DEVELOPMENT:
+            raise DevelopmentExists(model, rec.id)
+    rec = dep.to_record(created_ts=now)
+    if not dep.active:
+        rec.desired_replicas = 0
+    return rec
+
+
+def loses_development_race(my_revision: int, rivals: Iterable[int]) -> bool:
+    """After two API processes both created a development deployment for one model: the one
+    written later (higher KV revision) steps back. A rival's revision only grows with updates,
+    so one seen below ours was surely created first."""
+    return any(rev < my_revision for rev in rivals)
+
+
+def production_environment(rec: Record, envs: Iterable[EnvRecord]) -> EnvRecord | None:
+    """The `production` environment to create for a new published deployment, if its model
+    has none yet."""
+    if rec.kind != PUBLISHED:
+        return None
+    if any(e.model == rec.model and e.name == PRODUCTION for e in envs):
+        return None
+    return EnvRecord(model=rec.model, name=PRODUCTION, deployment_id=rec.id)
+
+
+def of_model(rec: Record | None, model: str, deployment_id: str) -> Record:
+    if rec is None or rec.model != model:
+        raise NotFound("deployment", deployment_id, model)
+    return rec
+
+
+def environments_of(rec: Record, envs: Iterable[EnvRecord]) -> list[str]:
+    return sorted(e.name for e in envs if e.model == rec.model and e.deployment_id == rec.id)
+
+
+def check_deletable(rec: Record, envs: Iterable[EnvRecord]) -> None:
+    if names := environments_of(rec, envs):
+        raise EnvironmentsPointAt(rec.id, names)
+
+
+def _copy(rec: Record) -> Record:
+    out = Record()
+    out.CopyFrom(rec)
+    return out
+
+
+def serving_floor(rec: Record) -> int:
+    """Replicas a deployment that should serve wants at least: max(1, min_replica)."""
+    return max(1, rec.spec.autoscaling.min_replica)
+
+
+def activate(rec: Record) -> Record:
+    out = _copy(rec)
+    out.status = ACTIVE
+    out.desired_replicas = max(rec.desired_replicas, serving_floor(rec))
+    return out
+
+
+def deactivate(rec: Record) -> Record:
+    out = _copy(rec)
+    out.status = INACTIVE
+    out.desired_replicas = 0
+    return out
+
+
+def scale(rec: Record, replicas: int) -> Record:
+    """Set desired replicas by hand (0..1000, not bounded by min/max: the autoscaler may
+    move it back within them later)."""
+    if rec.status != ACTIVE:
+        raise DeploymentInactive(rec.id, "scale")
+    out = _copy(rec)
+    out.desired_replicas = replicas
+    return out
+
+
+def autoscaling_dict(rec: Record) -> dict[str, int]:
+    if not rec.spec.HasField("autoscaling"):
+        return Autoscaling().model_dump()
+    return {name: getattr(rec.spec.autoscaling, name) for name in Autoscaling.model_fields}
+
+
+def patch_autoscaling(rec: Record, patch: AutoscalingPatch) -> Record:
+    """Merge the patch into the settings and validate the result. When min or max changes,
+    an active deployment's desired replicas are brought within [min, max]."""
+    changes = patch.model_dump(exclude_unset=True)
+    try:
+        settings = Autoscaling.model_validate({**autoscaling_dict(rec), **changes})
+    except ValidationError as e:
+        raise describe_errors(e.errors()) from None
+    check_autoscaling(settings, "")
+    out = _copy(rec)
+    out.spec.autoscaling.CopyFrom(settings.to_proto())
+    if out.status == ACTIVE and {"min_replica", "max_replica"} & changes.keys():
+        lo, hi = settings.min_replica, settings.max_replica
+        out.desired_replicas = min(max(out.desired_replicas, lo), hi)
+    return out
+
+
+def promote_target(rec: Record) -> Record:
+    """The deployment an environment moves to: active (else 409), published, and wanting at
+    least max(1, min_replica) replicas."""
+    if rec.status != ACTIVE:
+        raise DeploymentInactive(rec.id, "promote")
+    out = _copy(rec)
+    out.kind = PUBLISHED
+    out.desired_replicas = max(rec.desired_replicas, serving_floor(rec))
+    return out
+
+
+def retire(rec: Record) -> Record:
+    """The deployment an environment left: down to its min_replica (0 by default)."""
+    out = _copy(rec)
+    out.desired_replicas = min(rec.desired_replicas, rec.spec.autoscaling.min_replica)
+    return out
+
+
+def to_retire(env: EnvRecord, new_id: str, envs: Iterable[EnvRecord]) -> str | None:
+    """The deployment to scale down after `env` moves to `new_id`: its old one, unless it is
+    the new one or another environment still serves it."""
+    old_id = env.deployment_id
+    if not old_id or old_id == new_id:
+        return None
+    others = [e for e in envs if e.deployment_id == old_id and (e.model, e.name) != (env.model, env.name)]
+    return None if others else old_id
+
+
+# -- views ---------------------------------------------------------------------------------
+
+
+def status_name(status: int) -> str:
+    return {ACTIVE: "active", INACTIVE: "inactive"}.get(status, "unspecified")
+
+
+def replica_view(rep: events_pb2.ReplicaRecord) -> dict[str, Any]:
+    state = events_pb2.ReplicaState.Name(rep.state).removeprefix("REPLICA_STATE_").lower()
+    return {"id": rep.replica_id, "state": state, "region": rep.region, "zone": rep.zone,
+            "cluster": rep.cluster, "grpc_address": rep.grpc_address, "engine": rep.engine,
+            "owner": rep.owner, "heartbeat_ts": rep.heartbeat_ts}
+
+
+def deployment_view(rec: Record, envs: Sequence[EnvRecord],
+                    replicas: Sequence[events_pb2.ReplicaRecord], detail: bool = False) -> dict:
+    """A deployment as the API shows it; `replicas` are this deployment's replica records."""
+    spec = MessageToDict(rec.spec, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True)
+    spec.pop("autoscaling", None)
+    names = environments_of(rec, envs)
+    mine = [r for r in replicas if r.deployment == rec.id]
+    view = {
+        "id": rec.id, "model": rec.model, "kind": rec.kind, "status": status_name(rec.status),
+        "is_development": rec.kind == DEVELOPMENT, "is_production": PRODUCTION in names,
+        "environments": names, "desired_replicas": rec.desired_replicas,
+        "active_replica_count": sum(r.state == events_pb2.REPLICA_STATE_READY for r in mine),
+        "replica_count": len(mine), "autoscaling_settings": autoscaling_dict(rec),
+        "spec": spec, "created_ts": rec.created_ts, "generation": rec.generation,
+    }
+    if detail:
+        view["replicas"] = [replica_view(r) for r in sorted(mine, key=lambda r: r.replica_id)]
+    return view
+
+
+def environment_view(env: EnvRecord) -> dict[str, str]:
+    return {"name": env.name, "model": env.model, "deployment_id": env.deployment_id}
+
+
+def model_names(deployments: Iterable[Record], envs: Iterable[EnvRecord]) -> list[str]:
+    return sorted({d.model for d in deployments} | {e.model for e in envs})
+
+
+def model_view(model: str, deployments: Sequence[Record], envs: Sequence[EnvRecord],
+               replicas: Sequence[events_pb2.ReplicaRecord]) -> dict[str, Any]:
+    """A model: its deployments, environments, and which deployment production serves."""
+    mine = [d for d in deployments if d.model == model]
+    my_envs = [e for e in envs if e.model == model]
+    production = next((e.deployment_id for e in my_envs if e.name == PRODUCTION), None)
+    development = next((d.id for d in mine if d.kind == DEVELOPMENT), None)
+    return {"name": model, "production_deployment_id": production,
+            "development_deployment_id": development,
+            "environments": [environment_view(e) for e in my_envs],
+            "deployments": [deployment_view(d, my_envs, replicas) for d in mine]}
