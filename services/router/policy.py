@@ -70,10 +70,19 @@ def kv_cost(
     latency: RegionLatency = DEFAULT_LATENCY,
 ) -> CostBreakdown:
     """The `kv` policy's cost of sending `request` to `replica` (see the module docstring)."""
-    return CostBreakdown(*_kv_terms(request, replica, overlap_blocks, config, latency))
+    region = _region_cost(request, replica.region, config, latency)
+    return CostBreakdown(*_kv_terms(request, replica, overlap_blocks, config, region))
 
 
 _Terms = tuple[float, float, float, float, float, float]
+
+
+def _region_cost(
+    request: RouteRequest, region: str, config: PolicyConfig, latency: RegionLatency
+) -> float:
+    if request.region and region and config.region_penalty_per_ms:
+        return config.region_penalty_per_ms * latency.ms(request.region, region)
+    return 0.0
 
 
 def _kv_terms(
@@ -81,7 +90,7 @@ def _kv_terms(
     replica: ReplicaView,
     overlap_blocks: int,
     config: PolicyConfig,
-    latency: RegionLatency,
+    region: float,
 ) -> _Terms:
     bs = replica.kv_block_size if replica.kv_block_size > 0 else 1
     prefill = max(0, request.num_prompt_tokens - overlap_blocks * bs) / bs
@@ -90,9 +99,6 @@ def _kv_terms(
     lora = 0.0
     if request.lora_name and request.lora_name not in replica.loras:
         lora = config.lora_load_penalty
-    region = 0.0
-    if request.region and replica.region and config.region_penalty_per_ms:
-        region = config.region_penalty_per_ms * latency.ms(request.region, replica.region)
     total = config.overlap_weight * prefill + decode + queue + lora + region
     return (prefill, decode, queue, lora, region, total)
 
@@ -109,7 +115,11 @@ def choose_kv(
     if not candidates:
         return None
     get = overlap.get
-    scored = [(_kv_terms(request, r, get(r.replica_id, 0), config, latency), r) for r in candidates]
+    regions = {g: _region_cost(request, g, config, latency) for g in {r.region for r in candidates}}
+    scored = [
+        (_kv_terms(request, r, get(r.replica_id, 0), config, regions[r.region]), r)
+        for r in candidates
+    ]
     if config.temperature > 0 and rng is not None and len(scored) > 1:
         terms, best = _sample_softmax(scored, config.temperature, rng)
     else:
