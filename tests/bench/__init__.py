@@ -1,0 +1,1 @@
+"""Tests of the benchmarks: trace loading and the routing replay."""
