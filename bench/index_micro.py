@@ -9,8 +9,10 @@ its prefixes. Events are vLLM-shaped: prefill chunks of 128 blocks and 1-block d
 
 Decision = hash a 16k-token prompt (1,024 blocks) + `PrefixIndex.match` + `policy.choose`
 (`kv`) over 64 replica views. "hit" prompts are a cached session (1,024 leading blocks on one
-replica, 256 on the ~8 holding its prefix): the worst case for `match`. "miss" prompts share
-nothing. Figures are wall-clock on a shared machine: expect noise.
+replica, 256 on the ~8 holding its prefix). "miss" prompts share nothing. "holes": the same
+hits after every replica lost one block mid-sequence (not prefix-closed any more), so `match`
+falls back to its block-by-block walk: its worst case. Figures are wall-clock on a shared
+machine: expect noise.
 """
 
 from __future__ import annotations
@@ -173,7 +175,8 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def _decisions(w: Workload, plan: _Plan, index: PrefixIndex, hit: bool) -> dict[str, float]:
-    """Per-decision and per-step times in microseconds (p50, p99)."""
+    """Per-decision and per-step times in microseconds (p50, p99). Hits use every session
+    but each replica's last (see `_punch_holes`)."""
     rng = random.Random(w.seed + (1 if hit else 2))
     views, config = _views(w, rng), PolicyConfig()
     hasher = index.hasher
@@ -181,7 +184,7 @@ def _decisions(w: Workload, plan: _Plan, index: PrefixIndex, hit: bool) -> dict[
     prompt_blocks = w.prefix_blocks + w.session_blocks
     for i in range(w.requests):
         if hit:
-            r, s = rng.randrange(w.replicas), rng.randrange(w.sessions_per_replica)
+            r, s = rng.randrange(w.replicas), rng.randrange(w.sessions_per_replica - 1)
             p = plan.sessions[r][s]
             tokens = _tokens(_prefix_key(w, p), w.prefix_blocks * w.block_size)
             tokens += _tokens(_session_key(w, r, s), w.session_blocks * w.block_size)
@@ -233,6 +236,19 @@ def _removal_rate(w: Workload, plan: _Plan, index: PrefixIndex) -> tuple[float, 
     return spent, blocks
 
 
+def _punch_holes(w: Workload, index: PrefixIndex) -> int:
+    """Evict one block mid-way through each replica's last session: every replica then holds
+    blocks without their parent, so `match` must walk it block by block. Returns open count."""
+    for r in range(w.replicas):
+        rid = ReplicaId(f"replica-{r:02d}")
+        epoch_seq = index.seq_of(rid)
+        assert epoch_seq is not None
+        hashes = _engine_hashes(_session_key(w, r, w.sessions_per_replica - 1), w.session_blocks)
+        removed = [BlockRemoved([hashes[len(hashes) // 2]])]
+        index.apply(KvEventBatchData(rid, epoch_seq[1] + 1, 0.0, "epoch-0", list(removed)))
+    return index.stats().open_replicas
+
+
 def _table(f: dict[str, float]) -> str:
     rows = [
         (
@@ -244,6 +260,13 @@ def _table(f: dict[str, float]) -> str:
             f"{f['hit_hash_p50_us']:.0f} / {f['hit_match_p50_us']:.0f} / {f['hit_policy_p50_us']:.0f} µs",
         ),
         ("  match p99", f"{f['hit_match_p99_us']:.0f} µs"),
+        (
+            "decision p50 / p99, hit, replicas with holes",
+            (
+                f"{f['holes_p50_us']:.0f} / {f['holes_p99_us']:.0f} µs"
+                f" (match p50 {f['holes_match_p50_us']:.0f} µs)"
+            ),
+        ),
         (
             "decision p50 / p99, miss",
             f"{f['miss_p50_us']:.0f} / {f['miss_p99_us']:.0f} µs (min {f['miss_min_us']:.0f})",
@@ -285,6 +308,9 @@ def run(json_out: Path | None = None, workload: Workload | None = None) -> dict:
     for hit in (True, False):
         for k, v in _decisions(w, plan, index, hit).items():
             figures[("hit_" if hit else "miss_") + k] = v
+    figures["open_replicas"] = _punch_holes(w, index)
+    for k, v in _decisions(w, plan, index, True).items():
+        figures["holes_" + k] = v
     removed_s, removed = _removal_rate(w, plan, index)
     figures["remove_blocks_per_s"] = removed / removed_s
     figures["wall_s"] = time.perf_counter() - started
