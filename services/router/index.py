@@ -1,24 +1,22 @@
 """KV prefix index: which replicas hold how many leading blocks of a request (pure, no I/O).
 
-Built from the replicas' KV event batches. Blocks are keyed by the router's own chained hash
-(`hashing`), so replicas whose engines hash differently still meet on the same keys.
+Built from the replicas' KV event batches, keyed by the router's own chained hash (`hashing`),
+so replicas whose engines hash differently meet on the same keys. Per replica,
+`engine hash -> own hash` resolves parents and removals (`dups` counts the rare own hash held
+under several engine hashes).
 
 Representation: `own hash -> int bitmask of replica slots` (replica ids interned to small
-ints, slots reused after a replica is removed). `match` ANDs the masks along the request's
-prefix and stops when the mask is empty. Most blocks sit on one replica, so a one-bit mask is
-always that replica's single shared int object: no int per block, and `match` skips the AND
-(an identity test) while the prefix stays on one replica.
+ints; slots reused). A one-bit mask (most blocks sit on one replica) is always that slot's
+single shared int object: no int per block, and `match` skips the AND by an identity test.
 
-Fast match: CPython dict lookups over a large index are memory-bound (100-400 ns each), so a
-linear walk of a 1,024-block prompt costs ~0.2-0.4 ms. But a replica whose cached set is
-prefix-closed (every held block's parent is held too; vLLM and SGLang evict tail-first, so
-this is the normal state) holds block i of a chain only if it holds blocks 0..i-1: its depth
-can be found by bisection, ~log2(n) lookups per distinct depth. The index knows which replicas
-are closed by counting, per replica, held blocks whose parent it does not hold (`orphans`),
-which needs each held block's parent (`_parent`, global, as the own hash fixes it) and, per
-replica, how many held children each block has (`kids`). Replicas with orphans are walked
-linearly, so `match` is exact either way. Per replica, `engine hash -> own hash` resolves
-parents and removals; `dups` counts the rare own hash held under several engine hashes.
+Match: a dict lookup in a large CPython dict is memory-bound (100-400 ns), so walking a
+1,024-block prompt costs 0.2-0.4 ms. A replica whose cached set is prefix-closed (every held
+block's parent held too; vLLM and SGLang evict tail-first, so this is the normal state) holds
+block i of a chain only if it holds blocks 0..i-1, so its depth is found by bisection (~log2 n
+lookups per distinct depth). The index knows which replicas are closed by counting, per
+replica, held blocks whose parent it lacks (`orphans`), from each block's parent (`_parent`,
+global: the own hash fixes it) and each replica's held-children counts (`kids`). Replicas with
+orphans are walked block by block, so `match` is exact either way.
 
 Sequencing per replica (epoch, seq), with `floor` = the seq of the last dump applied:
   new replica or new epoch  -> drop its entries; apply; need_dump unless seq == 0
@@ -26,9 +24,8 @@ Sequencing per replica (epoch, seq), with `floor` = the seq of the last dump app
   seq > last + 1 (a gap)    -> apply what can be chained; need_dump
   seq <= floor, seq == last -> stale (delivered around a dump, or twice): ignored
   floor < seq < last        -> seq went backwards: drop its entries; apply; need_dump
-Once set, need_dump stays set on every later result for that replica until `apply_dump` (or
-a fresh start at seq 0 in a new epoch) clears it, so an adapter whose dump call failed simply
-tries again on the next batch.
+need_dump then stays set on every result for that replica until `apply_dump` (or a fresh
+start at seq 0 in a new epoch), so an adapter whose dump call failed tries again.
 """
 
 from __future__ import annotations
@@ -41,39 +38,9 @@ from basalt.ids import ReplicaId
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatchData
 
 from .hashing import BlockHasher, HasherFactory, chain_bytes, default_hasher, tokens_to_bytes
-from .types import OwnBlockHash
+from .types import ApplyResult, IndexStats, OwnBlockHash
 
-
-@dataclass(slots=True, frozen=True)
-class ApplyResult:
-    """What one `apply` / `apply_dump` did; `need_dump` asks the adapter to fetch a dump."""
-
-    need_dump: bool = False
-    # The replica's entries were dropped first (new epoch, seq backwards, dump applied).
-    reset: bool = False
-    # The batch was older than what the index holds and was ignored.
-    stale: bool = False
-    stored_blocks: int = 0
-    removed_blocks: int = 0
-    # Blocks of BlockStored events whose parent the index does not know (not indexed).
-    skipped_blocks: int = 0
-
-
-@dataclass(slots=True, frozen=True)
-class IndexStats:
-    replicas: int
-    # (replica, block) entries; a block held by 3 replicas counts 3.
-    blocks: int
-    distinct_hashes: int
-    skipped_blocks: int
-    skipped_events: int
-    unknown_removals: int
-    stale_batches: int
-    resets: int
-    dumps_requested: int
-    # Replicas holding a block whose parent they lost (matched block by block, slower).
-    open_replicas: int
-    memory_bytes: int
+__all__ = ["ApplyResult", "IndexStats", "PrefixIndex"]
 
 
 @dataclass(slots=True)

@@ -1,5 +1,5 @@
 """Shared types of the router's pure core: hashes, request and replica views, policy config,
-decisions, and the core's errors (no I/O).
+decisions, index results, and the core's errors (no I/O).
 
 Every cost in a `CostBreakdown` is in KV blocks, as in Dynamo's KV router: one block of
 prefill, one block of decode load, and the configured block-equivalents of a LoRA load and of
@@ -162,3 +162,35 @@ class Decision:
     overlap_blocks: int
     # Set by the `kv` policy (and by `session` when it fell back to `kv`).
     cost: CostBreakdown | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ApplyResult:
+    """What one `apply` / `apply_dump` did; `need_dump` asks the adapter to fetch a dump."""
+
+    need_dump: bool = False
+    # The replica's entries were dropped first (new epoch, seq backwards, dump applied).
+    reset: bool = False
+    # The batch was older than what the index holds and was ignored.
+    stale: bool = False
+    stored_blocks: int = 0
+    removed_blocks: int = 0
+    # Blocks of BlockStored events whose parent the index does not know (not indexed).
+    skipped_blocks: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class IndexStats:
+    replicas: int
+    # (replica, block) entries; a block held by 3 replicas counts 3.
+    blocks: int
+    distinct_hashes: int
+    skipped_blocks: int
+    skipped_events: int
+    unknown_removals: int
+    stale_batches: int
+    resets: int
+    dumps_requested: int
+    # Replicas holding a block whose parent they lost (matched block by block, slower).
+    open_replicas: int
+    memory_bytes: int
