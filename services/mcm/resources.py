@@ -198,7 +198,7 @@ def scale(rec: Record, replicas: int) -> Record:
 
 def autoscaling_dict(rec: Record) -> dict[str, int]:
     if not rec.spec.HasField("autoscaling"):
-        return Autoscaling().model_dump()
+        return Autoscaling.model_validate({}).model_dump()
     return {name: getattr(rec.spec.autoscaling, name) for name in Autoscaling.model_fields}
 
 
@@ -243,7 +243,8 @@ def to_retire(env: EnvRecord, new_id: str, envs: Iterable[EnvRecord]) -> str | N
     old_id = env.deployment_id
     if not old_id or old_id == new_id:
         return None
-    others = [e for e in envs if e.deployment_id == old_id and (e.model, e.name) != (env.model, env.name)]
+    moved = (env.model, env.name)
+    others = [e for e in envs if e.deployment_id == old_id and (e.model, e.name) != moved]
     return None if others else old_id
 
 
@@ -251,7 +252,9 @@ def to_retire(env: EnvRecord, new_id: str, envs: Iterable[EnvRecord]) -> str | N
 
 
 def status_name(status: int) -> str:
-    return {ACTIVE: "active", INACTIVE: "inactive"}.get(status, "unspecified")
+    if status == ACTIVE:
+        return "active"
+    return "inactive" if status == INACTIVE else "unspecified"
 
 
 def replica_view(rep: events_pb2.ReplicaRecord) -> dict[str, Any]:

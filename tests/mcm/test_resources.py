@@ -15,9 +15,14 @@ from services.mcm.api_errors import (
     NotFound,
 )
 
-BASETEN_DEFAULTS = {"min_replica": 0, "max_replica": 1, "autoscaling_window": 60,
-                    "scale_down_delay": 900, "concurrency_target": 1,
-                    "target_utilization_percentage": 70}
+BASETEN_DEFAULTS = {
+    "min_replica": 0,
+    "max_replica": 1,
+    "autoscaling_window": 60,
+    "scale_down_delay": 900,
+    "concurrency_target": 1,
+    "target_utilization_percentage": 70,
+}
 
 
 def body(**kw):  # type: ignore[no-untyped-def]
@@ -52,7 +57,10 @@ def test_new_deployment_refuses_taken_id_and_second_development() -> None:
         res.new_deployment("m", body(id="d2", kind="development"), 2.0, existing)
     assert e.value.existing_id == "d1" and e.value.status == 409
     # Another model may have its own development deployment.
-    assert res.new_deployment("n", body(id="d2", kind="development"), 2.0, existing).kind == "development"
+    assert (
+        res.new_deployment("n", body(id="d2", kind="development"), 2.0, existing).kind
+        == "development"
+    )
 
 
 def test_new_deployment_refuses_min_above_max() -> None:
@@ -62,8 +70,10 @@ def test_new_deployment_refuses_min_above_max() -> None:
     assert "3" in e.value.message and "2" in e.value.message
 
 
-@pytest.mark.parametrize("name", ["a b", "m@prod", "a//b", "/a", "a.", "x/deployments/y",
-                                  "environments", "a" * 129, "a:b"])
+@pytest.mark.parametrize(
+    "name",
+    ["a b", "m@prod", "a//b", "/a", "a.", "x/deployments/y", "environments", "a" * 129, "a:b"],
+)
 def test_bad_model_names_are_refused(name: str) -> None:
     with pytest.raises(InvalidRequest) as e:
         res.new_deployment(name, body(), 1.0, [])
@@ -112,7 +122,11 @@ def test_scale_sets_desired_and_refuses_inactive() -> None:
 def test_patch_autoscaling_merges_and_validates() -> None:
     rec = record()
     out = res.patch_autoscaling(rec, res.AutoscalingPatch(max_replica=5, scale_down_delay=30))
-    assert res.autoscaling_dict(out) == {**BASETEN_DEFAULTS, "max_replica": 5, "scale_down_delay": 30}
+    assert res.autoscaling_dict(out) == {
+        **BASETEN_DEFAULTS,
+        "max_replica": 5,
+        "scale_down_delay": 30,
+    }
     assert res.autoscaling_dict(rec) == BASETEN_DEFAULTS
     with pytest.raises(InvalidRequest) as e:
         res.patch_autoscaling(rec, res.AutoscalingPatch(target_utilization_percentage=101))
@@ -127,7 +141,10 @@ def test_patch_autoscaling_brings_desired_within_new_bounds() -> None:
     assert res.patch_autoscaling(rec, res.AutoscalingPatch(max_replica=4)).desired_replicas == 4
     assert res.patch_autoscaling(rec, res.AutoscalingPatch(min_replica=8)).desired_replicas == 8
     # Other settings leave a hand-set count alone.
-    assert res.patch_autoscaling(rec, res.AutoscalingPatch(autoscaling_window=30)).desired_replicas == 6
+    assert (
+        res.patch_autoscaling(rec, res.AutoscalingPatch(autoscaling_window=30)).desired_replicas
+        == 6
+    )
     # An inactive deployment stays at 0.
     off = res.deactivate(rec)
     assert res.patch_autoscaling(off, res.AutoscalingPatch(min_replica=3)).desired_replicas == 0
@@ -171,22 +188,43 @@ def test_development_race_goes_to_the_earlier_write() -> None:
 
 
 def test_deployment_view_counts_ready_replicas() -> None:
-    reps = [events_pb2.ReplicaRecord(replica_id=f"r{i}", deployment="d1", state=s, region="us",
-                                     zone="us-a", cluster="c1", grpc_address=f"h:{i}")
-            for i, s in enumerate([events_pb2.REPLICA_STATE_READY, events_pb2.REPLICA_STATE_LOADING])]
+    reps = [
+        events_pb2.ReplicaRecord(
+            replica_id=f"r{i}",
+            deployment="d1",
+            state=s,
+            region="us",
+            zone="us-a",
+            cluster="c1",
+            grpc_address=f"h:{i}",
+        )
+        for i, s in enumerate([events_pb2.REPLICA_STATE_READY, events_pb2.REPLICA_STATE_LOADING])
+    ]
     reps.append(events_pb2.ReplicaRecord(replica_id="x", deployment="d9"))
     view = res.deployment_view(record(), [env("production", "d1")], reps, detail=True)
     assert (view["active_replica_count"], view["replica_count"]) == (1, 2)
     assert view["is_production"] and view["environments"] == ["production"]
-    assert view["replicas"][1] == {"id": "r1", "state": "loading", "region": "us", "zone": "us-a",
-                                   "cluster": "c1", "grpc_address": "h:1", "engine": "",
-                                   "owner": "", "heartbeat_ts": 0.0}
+    assert view["replicas"][1] == {
+        "id": "r1",
+        "state": "loading",
+        "region": "us",
+        "zone": "us-a",
+        "cluster": "c1",
+        "grpc_address": "h:1",
+        "engine": "",
+        "owner": "",
+        "heartbeat_ts": 0.0,
+    }
     assert view["autoscaling_settings"] == BASETEN_DEFAULTS
     assert view["spec"]["engine"] == "sim" and "autoscaling" not in view["spec"]
 
 
 def test_describe_errors_names_fields() -> None:
-    err = res.describe_errors([{"loc": ("body", "autoscaling", "min_replica"), "msg": "too small"},
-                               {"loc": ("body", "bogus"), "type": "extra_forbidden", "msg": "x"}])
+    err = res.describe_errors(
+        [
+            {"loc": ("body", "autoscaling", "min_replica"), "msg": "too small"},
+            {"loc": ("body", "bogus"), "type": "extra_forbidden", "msg": "x"},
+        ]
+    )
     assert err.param == "autoscaling.min_replica"
     assert err.message == "autoscaling.min_replica: too small; bogus: unknown field"

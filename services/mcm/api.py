@@ -1,0 +1,395 @@
+"""The control plane's deployments API: models, deployments, environments, clusters (does I/O:
+FastAPI over the NATS KV store).
+
+All state lives in NATS KV (`Store`); the router watches the same buckets, so every change here
+reaches it with no restart. A write is validated by a pure transition (`resources`) before
+anything is written, and applied with compare-and-set: on `store.Conflict` the record is read
+again and the transition re-applied, up to RETRIES times, then 409 with nothing written.
+Operations that touch several records (create, delete, promote) run one at a time in this
+process and order their writes so that a crash between two leaves a state that serves traffic
+and that repeating the request completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
+from starlette.exceptions import HTTPException
+
+from basalt import bus
+from basalt.apikeys import KeyVerifier, key_from_header
+from basalt.log import get_logger
+from basalt.pb import deploy_pb2, events_pb2
+
+from . import resources as res
+from .api_errors import (
+    ApiError,
+    DeploymentExists,
+    DevelopmentExists,
+    EnvironmentExists,
+    MethodNotAllowed,
+    NotFound,
+    RouteNotFound,
+    Unauthorized,
+    WriteConflict,
+)
+from .resources import (
+    AutoscalingPatch,
+    DeploymentBody,
+    EnvironmentBody,
+    PromoteBody,
+    ScaleBody,
+)
+from .store import Conflict as StoreConflict
+from .store import Store
+
+log = get_logger(__name__)
+OPEN_PATHS = ("/health",)
+RETRIES = 5
+Record = deploy_pb2.DeploymentRecord
+EnvRecord = deploy_pb2.EnvironmentRecord
+Transition = Callable[[Record], Record]
+
+
+@dataclass(slots=True)
+class _Ctx:
+    store: Store
+    nc: Client
+    # Serializes this process's multi-record operations (compare-and-set guards each record).
+    lock: asyncio.Lock
+    replicas_kv: KeyValue | None = None
+
+
+def create_app(store: Store, *, nc: Client, verifier: KeyVerifier | None = None,
+               cluster_status: Callable[[], list[dict]] | None = None) -> FastAPI:
+    """The API app; with `verifier`, every route but /health wants an API key."""
+    app = FastAPI(title="basalt control plane", docs_url=None, redoc_url=None)
+    ctx = _Ctx(store, nc, asyncio.Lock())
+    _install_errors(app)
+    _install_auth(app, verifier)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/clusters")
+    async def clusters() -> dict[str, Any]:
+        return {"clusters": cluster_status() if cluster_status else []}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        deps, envs, reps = await _everything(ctx)
+        return {"models": [res.model_view(m, deps, envs, reps)
+                           for m in res.model_names(deps, envs)]}
+
+    _deployment_routes(app, ctx)
+    _environment_routes(app, ctx)
+    # Last: `{model:path}` would otherwise swallow the routes above.
+    _model_routes(app, ctx)
+    return app
+
+
+# -- routes --------------------------------------------------------------------------------
+
+
+def _deployment_routes(app: FastAPI, ctx: _Ctx) -> None:
+    base = "/v1/models/{model:path}/deployments"
+
+    @app.post(base, status_code=201)
+    async def create_deployment(
+        model: str, body: DeploymentBody,  # type: ignore[valid-type]
+    ) -> dict:
+        return await _create(ctx, model, body)
+
+    @app.get(base)
+    async def list_deployments(model: str) -> dict:
+        deps, envs = await _model_state(ctx, model)
+        reps = await _replicas(ctx)
+        return {"deployments": [res.deployment_view(d, envs, reps) for d in deps]}
+
+    @app.get(base + "/{deployment_id}")
+    async def get_deployment(model: str, deployment_id: str) -> dict:
+        return await _view(ctx, await _get(ctx, model, deployment_id))
+
+    @app.delete(base + "/{deployment_id}")
+    async def delete_deployment(model: str, deployment_id: str) -> dict:
+        async with ctx.lock:
+            envs = await ctx.store.list_environments()
+            res.check_deletable(await _get(ctx, model, deployment_id), envs)
+            # Inactive first: a crash before the delete leaves a deployment that serves nothing.
+            await _update(ctx, model, deployment_id, res.deactivate)
+            await ctx.store.delete(deployment_id)
+        return {"id": deployment_id, "model": model, "deleted": True}
+
+    @app.post(base + "/{deployment_id}/activate")
+    async def activate(model: str, deployment_id: str) -> dict:
+        return await _view(ctx, await _update(ctx, model, deployment_id, res.activate))
+
+    @app.post(base + "/{deployment_id}/deactivate")
+    async def deactivate(model: str, deployment_id: str) -> dict:
+        return await _view(ctx, await _update(ctx, model, deployment_id, res.deactivate))
+
+    @app.patch(base + "/{deployment_id}/autoscaling_settings")
+    async def autoscaling(model: str, deployment_id: str, body: AutoscalingPatch) -> dict:
+        rec = await _update(ctx, model, deployment_id, lambda r: res.patch_autoscaling(r, body))
+        return await _view(ctx, rec)
+
+    @app.post(base + "/{deployment_id}/scale")
+    async def scale(model: str, deployment_id: str, body: ScaleBody) -> dict:
+        rec = await _update(ctx, model, deployment_id, lambda r: res.scale(r, body.replicas))
+        return await _view(ctx, rec)
+
+    @app.post(base + "/{deployment_id}/promote")
+    async def promote(model: str, deployment_id: str) -> dict:
+        return await _promote(ctx, model, res.PRODUCTION, deployment_id, create_env=True)
+
+
+def _environment_routes(app: FastAPI, ctx: _Ctx) -> None:
+    base = "/v1/models/{model:path}/environments"
+
+    @app.get(base)
+    async def list_environments(model: str) -> dict:
+        _, envs = await _model_state(ctx, model)
+        return {"environments": [res.environment_view(e) for e in envs]}
+
+    @app.post(base, status_code=201)
+    async def create_environment(
+        model: str, body: EnvironmentBody,  # type: ignore[valid-type]
+    ) -> dict:
+        res.check_model_name(model)
+        name, deployment_id = body.name, body.deployment_id  # type: ignore[attr-defined]
+        async with ctx.lock:
+            if await ctx.store.get_environment(model, name) is not None:
+                raise EnvironmentExists(model, name)
+            await _get(ctx, model, deployment_id)
+            env = EnvRecord(model=model, name=name, deployment_id=deployment_id)
+            await ctx.store.put_environment(env)
+        return res.environment_view(env)
+
+    @app.get(base + "/{name}")
+    async def get_environment(model: str, name: str) -> dict:
+        env = await ctx.store.get_environment(model, name)
+        if env is None:
+            raise NotFound("environment", name, model)
+        return res.environment_view(env)
+
+    @app.post(base + "/{name}/promote")
+    async def promote_environment(model: str, name: str, body: PromoteBody) -> dict:
+        return await _promote(ctx, model, name, body.deployment_id, create_env=False)
+
+
+def _model_routes(app: FastAPI, ctx: _Ctx) -> None:
+    @app.get("/v1/models/{model:path}")
+    async def get_model(model: str) -> dict:
+        deps, envs = await _model_state(ctx, model)
+        return res.model_view(model, deps, envs, await _replicas(ctx))
+
+    @app.delete("/v1/models/{model:path}")
+    async def delete_model(model: str) -> dict:
+        """Deactivates every deployment (traffic stops), then deletes the environments, then
+        the deployments; a crash between steps leaves inactive deployments, which a repeat
+        of the request deletes."""
+        async with ctx.lock:
+            deps, envs = await _model_state(ctx, model)
+            for d in deps:
+                await _update_if_present(ctx, model, d.id, res.deactivate)
+            for e in envs:
+                await ctx.store.delete_environment(model, e.name)
+            for d in deps:
+                await ctx.store.delete(d.id)
+        return {"name": model, "deleted": True, "deployments": [d.id for d in deps],
+                "environments": [e.name for e in envs]}
+
+
+# -- operations ----------------------------------------------------------------------------
+
+
+async def _create(ctx: _Ctx, model: str, body: Any) -> dict:
+    """Creates the deployment, then (published, and the model has no `production`
+    environment) the `production` environment pointing at it. A crash between the two
+    leaves the model's only deployment, which the router serves under the model name anyway."""
+    now = time.time()
+    async with ctx.lock:
+        envs = await ctx.store.list_environments()
+        rec = res.new_deployment(model, body, now, await ctx.store.list())
+        try:
+            revision = await ctx.store.create(rec)
+        except StoreConflict:
+            raise DeploymentExists(rec.id) from None
+        if rec.kind == res.DEVELOPMENT:
+            await _settle_development_race(ctx, rec, revision)
+        if env := res.production_environment(rec, envs):
+            await ctx.store.put_environment(env)
+            envs.append(env)
+    log.info("deployment_created", deployment=rec.id, model=model, kind=rec.kind)
+    return res.deployment_view(rec, envs, [], detail=True)
+
+
+async def _settle_development_race(ctx: _Ctx, rec: Record, revision: int) -> None:
+    """Two API processes may both pass the one-development-deployment check; the later
+    write deletes itself and answers 409."""
+    rivals = [d for d in await ctx.store.list()
+              if d.model == rec.model and d.kind == res.DEVELOPMENT and d.id != rec.id]
+    revisions = [v.revision for d in rivals if (v := await ctx.store.get(d.id)) is not None]
+    if res.loses_development_race(revision, revisions):
+        await ctx.store.delete(rec.id)
+        raise DevelopmentExists(rec.model, rivals[0].id)
+
+
+async def _promote(
+    ctx: _Ctx, model: str, env_name: str, deployment_id: str, create_env: bool,
+) -> dict:
+    """Move environment `env_name` of `model` to deployment `deployment_id`.
+
+    Writes, in this order: (1) the new deployment is made active-and-published with desired
+    replicas >= max(1, min_replica); (2) the environment record is switched to it; (3) the old
+    deployment's desired replicas go down to its min_replica (0 by default), unless another
+    environment still serves it. A crash after (1) leaves traffic on the old deployment with
+    the new one scaling up; after (2) traffic on the new one with the old still running; a
+    repeat of the request completes (1) and (2). In-flight traffic: the router resolves names
+    per request from the environment record it watches, so requests that arrive after (2)
+    go to the new deployment (they wait in its queue while its replicas load); requests already
+    on an old replica finish there, because the control plane stops a replica with SIGTERM and
+    the runtime drains (finishes in-flight requests) before it exits.
+    """
+    res.check_model_name(model)
+    async with ctx.lock:
+        envs = await ctx.store.list_environments()
+        env = next((e for e in envs if e.model == model and e.name == env_name), None)
+        if env is None and not create_env:
+            raise NotFound("environment", env_name, model)
+        env = env or EnvRecord(model=model, name=env_name)
+        new = await _update(ctx, model, deployment_id, res.promote_target)
+        moved = EnvRecord(model=model, name=env_name, deployment_id=new.id)
+        if env.deployment_id != new.id:
+            await ctx.store.put_environment(moved)
+        old_id = res.to_retire(env, new.id, envs)
+        if old_id is not None:
+            await _update_if_present(ctx, model, old_id, res.retire)
+    log.info("promoted", model=model, environment=env_name, deployment=new.id, previous=old_id)
+    return {"environment": res.environment_view(moved), "deployment": await _view(ctx, new),
+            "previous_deployment_id": env.deployment_id or None,
+            "scaled_down_deployment_id": old_id}
+
+
+async def _update(ctx: _Ctx, model: str, deployment_id: str, change: Transition) -> Record:
+    """Read, apply `change` (pure; may refuse), compare-and-set; retry on a lost race."""
+    for attempt in range(RETRIES):
+        found = await ctx.store.get(deployment_id)
+        rec = res.of_model(found.record if found else None, model, deployment_id)
+        new = change(rec)
+        if new == rec:
+            return rec  # nothing to change: no write, generation unchanged
+        try:
+            await ctx.store.update(new, found.revision)  # type: ignore[union-attr]
+            return new
+        except StoreConflict:
+            await asyncio.sleep(0.005 * (attempt + 1))
+    raise WriteConflict(deployment_id, RETRIES)
+
+
+async def _update_if_present(ctx: _Ctx, model: str, deployment_id: str, change: Transition) -> None:
+    try:
+        await _update(ctx, model, deployment_id, change)
+    except NotFound:
+        pass  # deleted meanwhile: nothing left to change
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+
+async def _get(ctx: _Ctx, model: str, deployment_id: str) -> Record:
+    found = await ctx.store.get(deployment_id)
+    return res.of_model(found.record if found else None, model, deployment_id)
+
+
+async def _model_state(ctx: _Ctx, model: str) -> tuple[list[Record], list[EnvRecord]]:
+    """The model's deployments and environments; 404 when it has neither."""
+    deps = [d for d in await ctx.store.list() if d.model == model]
+    envs = [e for e in await ctx.store.list_environments() if e.model == model]
+    if not deps and not envs:
+        raise NotFound("model", model)
+    return deps, envs
+
+
+async def _everything(
+    ctx: _Ctx,
+) -> tuple[list[Record], list[EnvRecord], list[events_pb2.ReplicaRecord]]:
+    return await ctx.store.list(), await ctx.store.list_environments(), await _replicas(ctx)
+
+
+async def _view(ctx: _Ctx, rec: Record) -> dict:
+    envs = await ctx.store.list_environments()
+    return res.deployment_view(rec, envs, await _replicas(ctx), detail=True)
+
+
+async def _replicas(ctx: _Ctx) -> list[events_pb2.ReplicaRecord]:
+    """Every replica record in `basalt_replicas` (expired ones are gone from the bucket)."""
+    if ctx.replicas_kv is None:
+        ctx.replicas_kv = await bus.replicas_bucket(ctx.nc)
+    try:
+        keys = await ctx.replicas_kv.keys()
+    except NoKeysError:
+        return []
+    out = []
+    for key in keys:
+        try:
+            entry = await ctx.replicas_kv.get(key)
+        except KeyNotFoundError:
+            continue
+        if entry.value:
+            out.append(events_pb2.ReplicaRecord.FromString(entry.value))
+    return out
+
+
+# -- errors and auth -----------------------------------------------------------------------
+
+
+def _json(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return _json(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        return _json(res.describe_errors(e.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, e: HTTPException) -> JSONResponse:
+        if e.status_code == 405:
+            return _json(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        if e.status_code == 404:
+            return _json(RouteNotFound(f"no route {request.method} {request.url.path}"))
+        err = ApiError(str(e.detail))
+        err.status = e.status_code
+        return _json(err)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception) -> JSONResponse:
+        log.exception("api_error", path=request.url.path, error=str(e))
+        return _json(ApiError(f"internal error: {type(e).__name__}: {e}"))
+
+
+def _install_auth(app: FastAPI, verifier: KeyVerifier | None) -> None:
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):  # type: ignore[no-untyped-def]
+        if verifier is not None and request.url.path not in OPEN_PATHS:
+            key = key_from_header(request.headers.get("authorization"))
+            if not await verifier.verify(key):
+                return _json(Unauthorized("missing or invalid API key: send "
+                                          "'Authorization: Bearer <key>' or 'Api-Key <key>'"))
+        return await call_next(request)
