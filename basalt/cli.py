@@ -15,6 +15,12 @@ commands:
   make-tiny-model    build the tiny test model (random weights, local tokenizer) into DIR
   bench              run a benchmark: basalt bench {runtime,index,routing} --help
   up                 start the local stack (basalt up --help)
+  mcm                run the control plane (basalt mcm --help)
+  deploy FILE        create or update the deployments in a file
+  status             deployments and replicas, as tables
+  scale DEP N        set a deployment's desired replicas
+  promote DEP        point an environment (default production) at a deployment
+  logs SERVICE       show a service's or a replica's log (-f to follow)
 """
 
 
@@ -87,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         return _make_tiny_model(rest)
     if cmd == "bench":
         return _bench(rest)
+    if cmd in ("deploy", "status", "scale", "promote", "logs"):
+        from basalt.ctl import main as ctl_main
+
+        return ctl_main(cmd, rest)
+    if cmd == "mcm":
+        from services.mcm.main import main as mcm_main
+
+        return mcm_main(rest)
     if cmd == "up":
         from basalt.up import main as up_main
 

@@ -1,0 +1,184 @@
+"""The daily CLI against the control plane's API: deploy, status, scale, promote, logs (does I/O)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from basalt import deployfile
+
+REPO = Path(__file__).resolve().parent.parent
+STATE = REPO / ".basalt"
+KEY_FILE = STATE / "api-key"
+
+
+class CtlError(Exception):
+    pass
+
+
+def _client(url: str, key: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=30)
+
+
+def _check(r: httpx.Response) -> dict[str, Any]:
+    if r.status_code >= 400:
+        try:
+            msg = r.json()["error"]["message"]
+        except Exception:
+            msg = r.text
+        raise CtlError(f"{r.request.method} {r.request.url.path}: {r.status_code} {msg}")
+    return r.json()
+
+
+def apply(url: str, key: str | None, parsed: deployfile.DeployFile) -> None:
+    """Create each deployment (or set its replicas if it exists), then its environments."""
+    with _client(url, key) as c:
+        for dep in parsed.deployments:
+            body = dep.model_dump(exclude={"model"})
+            r = c.post(f"/v1/models/{dep.model}/deployments", json=body)
+            if r.status_code == 409:
+                _check(c.post(f"/v1/models/{dep.model}/deployments/{dep.id}/scale",
+                              json={"replicas": dep.replicas}))
+                print(f"{dep.id}: exists; replicas set to {dep.replicas}")
+            else:
+                _check(r)
+                print(f"{dep.id}: created ({dep.engine}, {dep.replicas} replica(s))")
+        for env in parsed.environments:
+            r = c.post(f"/v1/models/{env.model}/environments",
+                       json={"name": env.name, "deployment_id": env.deployment_id})
+            if r.status_code == 409:
+                _check(c.post(f"/v1/models/{env.model}/environments/{env.name}/promote",
+                              json={"deployment_id": env.deployment_id}))
+            else:
+                _check(r)
+            print(f"{env.model}@{env.name} -> {env.deployment_id}")
+
+
+def _find_model(c: httpx.Client, deployment_id: str) -> str:
+    for model in _check(c.get("/v1/models")).get("models", []):
+        name = model["name"] if isinstance(model, dict) else model
+        detail = _check(c.get(f"/v1/models/{name}"))
+        if any(d["id"] == deployment_id for d in detail["deployments"]):
+            return str(name)
+    raise CtlError(f"no deployment {deployment_id!r}")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def status(url: str, key: str | None) -> str:
+    deps, reps = [], []
+    with _client(url, key) as c:
+        for model in _check(c.get("/v1/models")).get("models", []):
+            name = model["name"] if isinstance(model, dict) else model
+            for d in _check(c.get(f"/v1/models/{name}"))["deployments"]:
+                deps.append([d["id"], d["model"], d["spec"].get("engine", ""), d["status"],
+                             str(d["desired_replicas"]), str(d["active_replica_count"]),
+                             ",".join(d["environments"]) or "-"])
+                detail = _check(c.get(f"/v1/models/{name}/deployments/{d['id']}"))
+                for r in detail.get("replicas", []):
+                    reps.append([r.get("replica_id", ""), d["id"], r.get("state", ""),
+                                 r.get("region", ""), r.get("zone", ""), r.get("cluster", ""),
+                                 r.get("grpc_address", "")])
+    out = _table(deps, ["DEPLOYMENT", "MODEL", "ENGINE", "STATUS", "DESIRED", "READY", "ENVIRONMENTS"])
+    if reps:
+        out += "\n\n" + _table(reps, ["REPLICA", "DEPLOYMENT", "STATE", "REGION", "ZONE", "CLUSTER", "ADDRESS"])
+    return out
+
+
+def scale(url: str, key: str | None, deployment_id: str, replicas: int) -> None:
+    with _client(url, key) as c:
+        model = _find_model(c, deployment_id)
+        _check(c.post(f"/v1/models/{model}/deployments/{deployment_id}/scale",
+                      json={"replicas": replicas}))
+
+
+def promote(url: str, key: str | None, deployment_id: str, environment: str) -> None:
+    with _client(url, key) as c:
+        model = _find_model(c, deployment_id)
+        _check(c.post(f"/v1/models/{model}/environments/{environment}/promote",
+                      json={"deployment_id": deployment_id}))
+
+
+def log_path(name: str, state: Path = STATE) -> Path:
+    """A service's log (nats, mcm, router) or a replica's (by replica id)."""
+    for candidate in (state / "logs" / f"{name}.log", state / "mcm" / f"{name}.log"):
+        if candidate.exists():
+            return candidate
+    known = sorted(p.stem for p in [*(state / "logs").glob("*.log"), *(state / "mcm").glob("*.log")])
+    raise CtlError(f"no log for {name!r}; known: {', '.join(known) or 'none (is basalt up running?)'}")
+
+
+def logs(name: str, follow: bool, lines: int) -> None:
+    path = log_path(name)
+    with open(path, errors="replace") as f:
+        for line in f.readlines()[-lines:]:
+            sys.stdout.write(line)
+        while follow:
+            line = f.readline()
+            if line:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.3)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mcm-url", default=os.environ.get("BASALT_MCM_URL", "http://127.0.0.1:8081"),
+                   help="the deployments API (env BASALT_MCM_URL)")
+    p.add_argument("--api-key", default=os.environ.get("BASALT_API_KEY"),
+                   help=f"API key (env BASALT_API_KEY; default: the one `basalt up` wrote to {KEY_FILE})")
+
+
+def _key(ns: argparse.Namespace) -> str | None:
+    if ns.api_key:
+        return str(ns.api_key)
+    return KEY_FILE.read_text().strip() if KEY_FILE.exists() else None
+
+
+def main(cmd: str, argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog=f"basalt {cmd}")
+    if cmd == "deploy":
+        p.add_argument("file", type=Path, help="a deployment file (see deploy/local/tiny.yaml)")
+    elif cmd == "scale":
+        p.add_argument("deployment")
+        p.add_argument("replicas", type=int)
+    elif cmd == "promote":
+        p.add_argument("deployment")
+        p.add_argument("--environment", default="production")
+    elif cmd == "logs":
+        p.add_argument("service", help="nats, mcm, router, or a replica id")
+        p.add_argument("-f", "--follow", action="store_true")
+        p.add_argument("-n", "--lines", type=int, default=50)
+    if cmd != "logs":
+        _common(p)
+    ns = p.parse_args(argv)
+    try:
+        if cmd == "deploy":
+            apply(ns.mcm_url, _key(ns), deployfile.load(ns.file, base_dir=ns.file.parent))
+        elif cmd == "status":
+            print(status(ns.mcm_url, _key(ns)))
+        elif cmd == "scale":
+            scale(ns.mcm_url, _key(ns), ns.deployment, ns.replicas)
+            print(f"{ns.deployment}: desired replicas {ns.replicas}")
+        elif cmd == "promote":
+            promote(ns.mcm_url, _key(ns), ns.deployment, ns.environment)
+            print(f"{ns.environment} -> {ns.deployment}")
+        elif cmd == "logs":
+            logs(ns.service, ns.follow, ns.lines)
+    except (CtlError, httpx.HTTPError) as e:
+        print(f"basalt {cmd}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0

@@ -1,0 +1,199 @@
+"""`basalt up`: the local stack in one command — nats-server, mcm, router, the default
+deployment — until Ctrl-C, which stops everything (does I/O: processes, HTTP, NATS)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from basalt.natsserver import NatsServer
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = {"vllm": REPO / "deploy" / "local" / "tiny.yaml",
+          "sim": REPO / "deploy" / "local" / "tiny-sim.yaml"}
+
+
+@dataclass
+class Stack:
+    state: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    nats: NatsServer | None = None
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    def start(self, name: str, args: list[str]) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        out = open(self.logs / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+        )
+
+    def wait_file(self, name: str, path: Path, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise SystemExit(f"{name} exited ({proc.returncode}); see {self.logs / name}.log")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{name} did not start in {timeout:.0f}s; see {self.logs / name}.log")
+            time.sleep(0.1)
+        return json.loads(path.read_text())
+
+    def stop(self) -> None:
+        for name in reversed(list(self.procs)):  # router first, then mcm (it stops replicas)
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if self.nats:
+            self.nats.stop()
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="basalt up", description=__doc__)
+    p.add_argument("--engine", choices=sorted(DEPLOY), default="vllm",
+                   help="vllm (the tiny model on vLLM's CPU build) or sim (the simulator)")
+    p.add_argument("--deployment-file", type=Path, help="deploy this file instead of the default")
+    p.add_argument("--state-dir", type=Path, default=REPO / ".basalt", help="logs and NATS data")
+    p.add_argument("--nats-port", type=int, default=4222)
+    p.add_argument("--http-port", type=int, default=8000, help="the router's OpenAI HTTP port")
+    p.add_argument("--grpc-port", type=int, default=8001, help="the router's KServe v2 gRPC port")
+    p.add_argument("--mcm-port", type=int, default=8081, help="the deployments API port")
+    p.add_argument("--ready-timeout", type=float, default=600.0)
+    return p.parse_args(argv)
+
+
+def _progress(msg: str) -> None:
+    print(f"\r\033[K{msg}", end="", flush=True)
+
+
+async def _wait_ready(nats_url: str, deployment_id: str, timeout: float) -> None:
+    """Poll the replica records until one replica of the deployment is READY, with progress."""
+    from basalt import bus
+    from basalt.pb import events_pb2
+
+    nc = await bus.connect(nats_url, name="basalt-up")
+    bucket = await bus.replicas_bucket(nc)
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < timeout:
+            states = []
+            try:
+                for key in await bucket.keys():
+                    rec = events_pb2.ReplicaRecord.FromString((await bucket.get(key)).value)
+                    if rec.deployment == deployment_id:
+                        states.append(events_pb2.ReplicaState.Name(rec.state)[14:].lower())
+            except Exception:
+                pass
+            if "ready" in states:
+                _progress(f"replica ready after {time.monotonic() - t0:.0f}s\n")
+                return
+            shown = ", ".join(states) or "starting"
+            _progress(f"waiting for {deployment_id}: {shown} ({time.monotonic() - t0:.0f}s)")
+            await asyncio.sleep(1.0)
+        raise SystemExit(f"\nno replica of {deployment_id} became ready in {timeout:.0f}s")
+    finally:
+        await nc.close()
+
+
+async def _make_key(nats_url: str) -> str:
+    from basalt import apikeys, bus
+
+    nc = await bus.connect(nats_url, name="basalt-up")
+    try:
+        return await apikeys.create(nc, "basalt-up")
+    finally:
+        await nc.close()
+
+
+def main(argv: list[str]) -> int:
+    ns = _args(argv)
+    from basalt import ctl, deployfile
+    from basalt.tinymodel import make_tiny_model
+
+    state = ns.state_dir.resolve()
+    print("building the tiny model if missing ...", flush=True)
+    make_tiny_model(state / "models" / "tiny-llama")
+    stack = Stack(state)
+    try:
+        stack.nats = NatsServer(store_dir=state / "nats", port=ns.nats_port,
+                                log_file=state / "logs" / "nats.log")
+        (state / "logs").mkdir(parents=True, exist_ok=True)
+        stack.nats.start()
+        url = stack.nats.url
+        for f in ("mcm.ready.json", "router.ready.json"):
+            (state / f).unlink(missing_ok=True)
+        stack.start("mcm", ["services.mcm", "--nats-url", url, "--http-port", str(ns.mcm_port),
+                            "--provider", "local", "--state-dir", str(state / "mcm"),
+                            "--stop-replicas-on-exit", "--auth",
+                            "--ready-file", str(state / "mcm.ready.json")])
+        stack.start("router", ["services.router", "--nats-url", url, "--auth",
+                               "--http-port", str(ns.http_port), "--grpc-port", str(ns.grpc_port),
+                               "--ready-file", str(state / "router.ready.json")])
+        stack.wait_file("mcm", state / "mcm.ready.json", 60)
+        stack.wait_file("router", state / "router.ready.json", 60)
+        key = asyncio.run(_make_key(url))
+        key_file = state / "api-key"  # for `basalt status/scale/...`; readable by this user only
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+        mcm_url = f"http://127.0.0.1:{ns.mcm_port}"
+        path = ns.deployment_file or DEPLOY[ns.engine]
+        parsed = deployfile.load(path, base_dir=path.parent)
+        ctl.apply(mcm_url, key, parsed)
+        dep = parsed.deployments[0]
+        print(f"deployed {dep.id} ({dep.engine}); logs in {stack.logs}", flush=True)
+        asyncio.run(_wait_ready(url, dep.id, ns.ready_timeout))
+        _banner(ns, key, dep.model)
+        _wait_for_ctrl_c()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("\nstopping ...", flush=True)
+        stack.stop()
+        print("stopped; nothing left running.")
+    return 0
+
+
+def _banner(ns: argparse.Namespace, key: str, model: str) -> None:
+    base = f"http://127.0.0.1:{ns.http_port}/v1"
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}],
+                       "max_tokens": 16})
+    print(f"""
+basalt is up.
+  OpenAI base URL:  {base}
+  KServe v2 gRPC:   127.0.0.1:{ns.grpc_port}
+  Deployments API:  http://127.0.0.1:{ns.mcm_port}/v1
+  API key:          {key}
+
+Try it:
+  curl -s {base}/chat/completions -H "Authorization: Bearer {key}" -H "Content-Type: application/json" -d '{body}'
+
+Ctrl-C stops everything.""", flush=True)
+
+
+def _wait_for_ctrl_c() -> None:
+    stop = False
+
+    def handler(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop:
+        time.sleep(0.2)

@@ -1,0 +1,175 @@
+"""`basalt bench runtime`: generated tokens/s through the runtime's gRPC vs the same vLLM
+engine called in-process, same model and prompts, side by side in one run (does I/O)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO / ".basalt" / "models" / "tiny-llama"
+
+
+@dataclass
+class Result:
+    path: str
+    requests: int
+    output_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds if self.seconds else 0.0
+
+
+def _prompts(n: int, length: int, vocab: int) -> list[list[int]]:
+    return [[(i * 131 + j * 17) % (vocab - 10) + 5 for j in range(length)] for i in range(n)]
+
+
+async def _in_process(model: Path, prompts: list[list[int]], max_tokens: int, conc: int) -> Result:
+    from services.runtime.engine import GenerateInput, SamplingParams
+    from services.runtime.engines.vllm import VllmConfig, VllmEngine
+
+    engine = VllmEngine(VllmConfig(model=str(model), max_num_seqs=conc))
+    await engine.start()
+    try:
+        async def one(i: int, p: list[int]) -> int:
+            inp = GenerateInput(f"b{i}-{time.monotonic_ns()}", p,
+                                SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0))
+            return sum([len(c.token_ids) async for c in engine.generate(inp)])
+
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts[:conc])))  # warm-up
+        t0 = time.perf_counter()
+        counts = await _bounded(conc, [one(i, p) for i, p in enumerate(prompts)])
+        return Result("in-process AsyncLLM", len(prompts), sum(counts), time.perf_counter() - t0)
+    finally:
+        await engine.shutdown()
+
+
+async def _bounded(conc: int, coros: list) -> list[int]:
+    sem = asyncio.Semaphore(conc)
+
+    async def run(c) -> int:  # type: ignore[no-untyped-def]
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(run(c) for c in coros))
+
+
+async def _through_grpc(model: Path, prompts: list[list[int]], max_tokens: int, conc: int,
+                        workdir: Path) -> Result:
+    import grpc
+
+    from basalt.natsserver import NatsServer, free_port
+    from basalt.pb import runtime_pb2, runtime_pb2_grpc
+
+    nats = NatsServer(store_dir=workdir / "nats").start()
+    port = free_port()
+    ready = workdir / "ready.json"
+    ready.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.runtime", "--engine", "vllm", "--model", str(model),
+         "--grpc-port", str(port), "--nats-url", nats.url, "--ready-file", str(ready),
+         "--max-num-seqs", str(conc), "--replica-id", "bench"],
+        cwd=REPO, stdout=open(workdir / "runtime.log", "ab"), stderr=subprocess.STDOUT,
+    )
+    try:
+        while not ready.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"runtime exited; see {workdir / 'runtime.log'}")
+            await asyncio.sleep(0.2)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = runtime_pb2_grpc.RuntimeStub(ch)
+
+            async def one(i: int, p: list[int]) -> int:
+                req = runtime_pb2.GenerateRequest(
+                    request_id=f"g{i}-{time.monotonic_ns()}", prompt_token_ids=p,
+                    sampling=runtime_pb2.SamplingParams(max_tokens=max_tokens, ignore_eos=True,
+                                                        temperature=0.0))
+                return sum([len(r.token_ids) async for r in stub.Generate(req)])
+
+            await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts[:conc])))
+            t0 = time.perf_counter()
+            counts = await _bounded(conc, [one(i, p) for i, p in enumerate(prompts)])
+            return Result("runtime gRPC", len(prompts), sum(counts), time.perf_counter() - t0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        nats.stop()
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def _table(results: list[Result], cmd: str) -> str:
+    base = results[0].tokens_per_s
+    lines = [
+        "## Runtime: gRPC overhead (`basalt bench runtime`)",
+        "",
+        f"Command: `{cmd}`  ",
+        f"Machine: {_machine()}; vLLM CPU build, tiny Llama test model.",
+        "",
+        "| path | requests | output tokens | seconds | tokens/s | ratio vs in-process |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| {r.path} | {r.requests} | {r.output_tokens} | {r.seconds:.2f} | "
+                     f"{r.tokens_per_s:.1f} | {r.tokens_per_s / base:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_section(doc: Path, heading: str, body: str) -> None:
+    """Replace the `## heading...` section of a markdown file (or append it)."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
+    start = text.find(heading)
+    if start == -1:
+        text = text.rstrip() + "\n\n" + body
+    else:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + body + ("" if end == -1 else text[end + 1:])
+    doc.write_text(text)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="basalt bench runtime", description=__doc__)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model dir (built if missing)")
+    p.add_argument("--requests", type=int, default=48)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--json", type=Path, help="write the results as JSON here")
+    p.add_argument("--markdown", type=Path, default=REPO / "docs" / "benchmarks.md",
+                   help="update the Runtime section of this file ('' to skip)")
+    ns = p.parse_args(argv)
+    from basalt.tinymodel import make_tiny_model
+    from basalt.tokenizer import load_tokenizer
+
+    model = make_tiny_model(ns.model) if ns.model == DEFAULT_MODEL else ns.model
+    prompts = _prompts(ns.requests, ns.prompt_len, load_tokenizer(model).vocab_size)
+    workdir = REPO / ".basalt" / "bench-runtime"
+    workdir.mkdir(parents=True, exist_ok=True)
+    inproc = asyncio.run(_in_process(model, prompts, ns.max_tokens, ns.concurrency))
+    viagrpc = asyncio.run(_through_grpc(model, prompts, ns.max_tokens, ns.concurrency, workdir))
+    cmd = "basalt bench runtime " + " ".join(argv)
+    table = _table([inproc, viagrpc], cmd.strip())
+    print(table)
+    print(f"ratio (gRPC / in-process tokens/s): {viagrpc.tokens_per_s / inproc.tokens_per_s:.3f}")
+    if ns.json:
+        ns.json.write_text(json.dumps([asdict(r) | {"tokens_per_s": r.tokens_per_s}
+                                       for r in (inproc, viagrpc)], indent=2))
+    if str(ns.markdown):
+        update_section(ns.markdown, "## Runtime", table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
