@@ -88,7 +88,8 @@ def create_app(store: Store, *, nc: Client, verifier: KeyVerifier | None = None,
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        deps, envs, reps = await _everything(ctx)
+        deps, envs = await ctx.store.list(), await ctx.store.list_environments()
+        reps = await _replicas(ctx)
         return {"models": [res.model_view(m, deps, envs, reps)
                            for m in res.model_names(deps, envs)]}
 
@@ -251,16 +252,21 @@ async def _promote(
 ) -> dict:
     """Move environment `env_name` of `model` to deployment `deployment_id`.
 
-    Writes, in this order: (1) the new deployment is made active-and-published with desired
-    replicas >= max(1, min_replica); (2) the environment record is switched to it; (3) the old
-    deployment's desired replicas go down to its min_replica (0 by default), unless another
-    environment still serves it. A crash after (1) leaves traffic on the old deployment with
-    the new one scaling up; after (2) traffic on the new one with the old still running; a
-    repeat of the request completes (1) and (2). In-flight traffic: the router resolves names
-    per request from the environment record it watches, so requests that arrive after (2)
-    go to the new deployment (they wait in its queue while its replicas load); requests already
-    on an old replica finish there, because the control plane stops a replica with SIGTERM and
-    the runtime drains (finishes in-flight requests) before it exits.
+    Writes, in this order: (1) the new deployment is made published with desired replicas
+    >= max(1, min_replica) (it must be active: else 409, nothing written); (2) the environment
+    record is switched to it; (3) the old deployment's desired replicas go down to its
+    min_replica (0 by default), unless another environment still serves it. A crash after (1)
+    leaves traffic on the old deployment and the new one scaling up, and a repeat completes
+    the promotion; a crash after (2) leaves traffic on the new one and the old one running
+    until scaled down by hand (a repeat finds the environment moved already).
+
+    In-flight traffic: the router resolves a name per request from the environment record it
+    watches, so requests that arrive after (2) go to the new deployment; while it has no READY
+    replica they wait in the router's queue (up to queue_timeout_s, then 503; past queue_limit
+    429), so promote a deployment whose replicas are up when that matters. Requests already on an
+    old replica finish there: the control plane stops a replica with SIGTERM, and the runtime
+    marks itself DRAINING (the router sends it nothing new) and finishes its in-flight
+    requests (up to its drain_timeout, 30 s by default) before it exits.
     """
     res.check_model_name(model)
     async with ctx.lock:
@@ -320,12 +326,6 @@ async def _model_state(ctx: _Ctx, model: str) -> tuple[list[Record], list[EnvRec
     if not deps and not envs:
         raise NotFound("model", model)
     return deps, envs
-
-
-async def _everything(
-    ctx: _Ctx,
-) -> tuple[list[Record], list[EnvRecord], list[events_pb2.ReplicaRecord]]:
-    return await ctx.store.list(), await ctx.store.list_environments(), await _replicas(ctx)
 
 
 async def _view(ctx: _Ctx, rec: Record) -> dict:
