@@ -87,7 +87,7 @@ def status(url: str, key: str | None) -> str:
                              ",".join(d["environments"]) or "-"])
                 detail = _check(c.get(f"/v1/models/{name}/deployments/{d['id']}"))
                 for r in detail.get("replicas", []):
-                    reps.append([r.get("replica_id", ""), d["id"], r.get("state", ""),
+                    reps.append([r.get("id", ""), d["id"], r.get("state", ""),
                                  r.get("region", ""), r.get("zone", ""), r.get("cluster", ""),
                                  r.get("grpc_address", "")])
     out = _table(deps, ["DEPLOYMENT", "MODEL", "ENGINE", "STATUS", "DESIRED", "READY", "ENVIRONMENTS"])

@@ -8,6 +8,7 @@ change: the loser gets `Conflict` and re-reads. The router watches the same buck
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 
 from nats.aio.client import Client
@@ -46,7 +47,7 @@ class Store:
         self.environments = environments
 
     @classmethod
-    async def open(cls, nc: Client) -> "Store":
+    async def open(cls, nc: Client) -> Store:
         return cls(
             await bus.kv_bucket(nc, subjects.DEPLOYMENTS_BUCKET),
             await bus.kv_bucket(nc, subjects.ENVIRONMENTS_BUCKET),
@@ -110,7 +111,7 @@ class Store:
             return None
         return deploy_pb2.EnvironmentRecord.FromString(entry.value) if entry.value else None
 
-    async def list_environments(self) -> list[deploy_pb2.EnvironmentRecord]:
+    async def list_environments(self) -> builtins.list[deploy_pb2.EnvironmentRecord]:
         try:
             keys = await self.environments.keys()
         except NoKeysError:
