@@ -103,11 +103,27 @@ def scale(url: str, key: str | None, deployment_id: str, replicas: int) -> None:
                       json={"replicas": replicas}))
 
 
-def promote(url: str, key: str | None, deployment_id: str, environment: str) -> None:
+def promote(url: str, key: str | None, deployment_id: str, environment: str,
+            timeout: float = 600.0) -> None:
+    """Bring the deployment up, wait for a READY replica (with progress), then switch the
+    environment to it; the old deployment scales down and drains its in-flight requests."""
     with _client(url, key) as c:
         model = _find_model(c, deployment_id)
-        _check(c.post(f"/v1/models/{model}/environments/{environment}/promote",
-                      json={"deployment_id": deployment_id}))
+        base = f"/v1/models/{model}/deployments/{deployment_id}"
+        _check(c.post(base + "/activate"))
+        t0 = time.monotonic()
+        while (dep := _check(c.get(base)))["active_replica_count"] < 1:
+            if time.monotonic() - t0 > timeout:
+                raise CtlError(f"{deployment_id} has no ready replica after {timeout:.0f}s")
+            print(f"\r\033[Kwaiting for {deployment_id}: {dep['replica_count']} replica(s), "
+                  f"none ready ({time.monotonic() - t0:.0f}s)", end="", flush=True)
+            time.sleep(1.0)
+        print()
+        env_path = f"/v1/models/{model}/environments/{environment}"
+        r = c.post(env_path + "/promote", json={"deployment_id": deployment_id})
+        if r.status_code == 404 and environment == "production":
+            r = c.post(base + "/promote")
+        _check(r)
 
 
 def log_path(name: str, state: Path = STATE) -> Path:
