@@ -27,13 +27,21 @@ class TritonHelper:
         self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 
     def __call__(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._pool.submit(fn, *args, **kwargs).result(timeout=120)
+        return self._pool.submit(_run, fn, args, kwargs).result(timeout=120)
 
     def close(self) -> None:
         self._pool.shutdown()
 
 
 # ---- run in the helper process ---------------------------------------------------------------
+
+
+def _run(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """fn's result; its exception as a RuntimeError (tritonclient's own cannot be unpickled)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise RuntimeError(f"{fn.__name__}: {type(e).__name__}: {e}") from None
 
 
 def _inputs(specs: list[Spec]) -> list[Any]:
@@ -83,6 +91,23 @@ def client_model_ready(address: str, names: list[str], headers: Headers = None) 
     return {name: c.is_model_ready(name, headers=headers) for name in names}
 
 
+def client_wait_model_ready(
+    address: str, names: list[str], timeout_s: float = 30.0, headers: Headers = None
+) -> dict[str, bool]:
+    """Poll is_model_ready until every name is ready or the time is up; the last answers."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ready = client_model_ready(address, names, headers)
+        except Exception:  # noqa: BLE001  (the server is not up yet)
+            ready = dict.fromkeys(names, False)
+        if all(ready.values()) or time.monotonic() > deadline:
+            return ready
+        time.sleep(0.2)
+
+
 def client_infer(
     address: str,
     model: str,
@@ -110,12 +135,16 @@ def client_stream(
     import queue
 
     import tritonclient.grpc as tc
+    from tritonclient.utils import InferenceServerException
 
     got: queue.Queue[Any] = queue.Queue()
     c = tc.InferenceServerClient(address)
     c.start_stream(callback=lambda result, error: got.put((result, error)), headers=headers)
-    for request_id, specs in requests:
-        c.async_stream_infer(model, _inputs(specs), request_id=request_id)
+    try:
+        for request_id, specs in requests:
+            c.async_stream_infer(model, _inputs(specs), request_id=request_id)
+    except InferenceServerException:
+        pass  # the server ended the stream; the callback got its error
     c.stop_stream()  # waits for every response
     out: list[Any] = []
     while not got.empty():
