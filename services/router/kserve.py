@@ -17,7 +17,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,17 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 def _log_failure(request_id: str, code: grpc.StatusCode, message: str) -> None:
     level = log.warning if code is grpc.StatusCode.INTERNAL else log.info
     level("kserve_request_failed", id=request_id, code=code.name, error=message)
+
+
+@asynccontextmanager
+async def _closing(items: AsyncIterator[Any]) -> AsyncIterator[AsyncIterator[Any]]:
+    """Close the dispatcher's stream when we stop reading it (the replica call is cancelled)."""
+    try:
+        yield items
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def with_lora(route: Route, lora_name: str | None) -> Route:
@@ -203,7 +214,7 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[Response]:
         payload = json.dumps(codec.python_payload(req)).encode()
         shaper = codec.JsonResponses(streaming)
-        async with aclosing(self.dispatcher.predict(route, payload, ctx)) as docs:
+        async with _closing(self.dispatcher.predict(route, payload, ctx)) as docs:
             async for doc in docs:
                 for response in shaper.add(doc):
                     yield response
@@ -221,7 +232,7 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
             raise BadRequest("input 'text_input' is empty")
         shaper = codec.TextResponses(call, streaming)
         stream = self.dispatcher.generate(route, prompt, call.sampling, ctx)
-        async with aclosing(stream) as chunks:  # read to the end: the request record says "ok"
+        async with _closing(stream) as chunks:  # read to the end: the request record says "ok"
             async for chunk in chunks:
                 last = chunk.finish_reason != runtime_pb2.FINISH_REASON_UNSPECIFIED
                 for response in shaper.add(chunk.text, last):

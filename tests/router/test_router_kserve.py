@@ -106,8 +106,10 @@ def stack(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory):
         yield s
     finally:
         triton.close()
-        for proc in (*routers, *replicas):
-            proc.kill()
+        for router in routers:
+            router.kill()
+        for replica in replicas:
+            replica.kill()
 
 
 def test_health_metadata_and_model_readiness_follow_name_resolution(stack: Stack) -> None:
