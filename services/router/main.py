@@ -86,6 +86,7 @@ async def run(s: RouterSettings) -> int:
                        return_when=asyncio.FIRST_COMPLETED)
     server.should_exit = True
     await serve_task
+    await _stop_kserve()
     await watcher.stop()
     await channels.close()
     await nc.drain()
@@ -100,6 +101,15 @@ async def _start_kserve(s, table, dispatcher, tokenizers, verifier) -> int:  # t
         log.warning("kserve_front_door_missing")
         return 0
     return await start_kserve_server(s, table, dispatcher, tokenizers, verifier)
+
+
+async def _stop_kserve() -> None:
+    """Health goes NOT_SERVING; in-flight KServe calls get a second to finish."""
+    try:
+        from .kserve import stop_kserve_servers
+    except ImportError:
+        return
+    await stop_kserve_servers()
 
 
 def main(argv: list[str] | None = None) -> int:
