@@ -1,0 +1,410 @@
+"""The reconcile loop: reads deployments and replica records, plans, and launches and stops
+replicas through a provider (does I/O; the decision itself is `reconcile.plan`).
+
+Every tick: read the deployments (store), the replica records (`basalt_replicas`) and the
+replicas the provider runs for our owner id; plan; start each launch and stop as a task, so
+a slow provider never stalls the loop. What counts as one of our replicas:
+
+- a record with our owner whose process the provider lists (or that is being launched);
+- a record with our owner the provider does not list is gone once this process saw it listed
+  and then vanish (killed, lost host), or, for one it never listed, once its heartbeat is
+  older than `stale_after_s`; a vanished replica is replaced on the next tick;
+- a process the provider lists without a record yet is a pending launch, so a restarted
+  control plane (same owner id, same provider state) adopts launches still starting.
+
+A ProviderError blocks the cloud, region or zone its scope names for `block_ttl_s`; the next
+tick places elsewhere. A replica that exits before it was ever READY (bad model path, crash on
+start) delays that deployment's next launch: 2, 4, 8 ... up to `backoff_max_s` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
+
+from basalt.ids import ReplicaId
+from basalt.log import get_logger
+from basalt.pb import deploy_pb2, events_pb2
+
+from .blocklist import Blocklist
+from .errors import PlacementError, ProviderError
+from .inventory import Cluster, ClusterName, DeploymentId, units_for
+from .placement import NO_LATENCY, Requirement
+from .providers.base import LaunchHandle, LaunchRequest, Provider
+from .reconcile import (
+    Launch,
+    PendingLaunch,
+    Plan,
+    PlanContext,
+    ReplicaView,
+    Stop,
+    Target,
+    plan,
+    view_from_record,
+)
+from .store import Store
+
+log = get_logger(__name__)
+
+
+@dataclass(slots=True, frozen=True)
+class ReconcilerSettings:
+    nats_url: str
+    block_ttl_s: float = 60.0
+    launch_timeout_s: float = 600.0
+    stale_after_s: float = 6.0
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 60.0
+
+
+@dataclass(slots=True, frozen=True)
+class StartFailure:
+    """Replicas of a deployment that exited before they were ready, and when to try again."""
+
+    count: int
+    retry_at: float
+    last_error: str
+
+
+def target_of(rec: deploy_pb2.DeploymentRecord) -> Target:
+    """What a deployment record asks for; only an ACTIVE one gets replicas (as the router
+    serves only ACTIVE ones)."""
+    spec = rec.spec
+    requirement = Requirement(
+        accelerator=spec.accelerator, count=spec.accelerator_count,
+        allowed_regions=frozenset(spec.allowed_regions),
+        preferred_regions=frozenset(spec.preferred_regions),
+    )
+    active = rec.status == deploy_pb2.DEPLOYMENT_STATUS_ACTIVE
+    return Target(rec.desired_replicas, requirement, active)
+
+
+def launch_request(rec: deploy_pb2.DeploymentRecord, action: Launch, owner: str,
+                   nats_url: str) -> LaunchRequest:
+    """The provider request for one planned launch of `rec` on the chosen cluster."""
+    spec, c = rec.spec, action.cluster
+    return LaunchRequest(
+        replica_id=action.replica_id, deployment_id=action.deployment_id, owner=owner,
+        engine=spec.engine or "vllm", model_path=spec.model_path, model_name=rec.model,
+        nats_url=nats_url, cluster=c.name, cloud=c.cloud, region=c.region, zone=c.zone,
+        engine_args=dict(spec.engine_args), loras={x.name: x.path for x in spec.loras},
+        accelerator=spec.accelerator, accelerator_count=spec.accelerator_count,
+    )
+
+
+async def read_replicas(kv: KeyValue) -> dict[ReplicaId, events_pb2.ReplicaRecord]:
+    """Every replica record in the bucket (expired and deleted ones are absent)."""
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return {}
+    out: dict[ReplicaId, events_pb2.ReplicaRecord] = {}
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue
+        if entry.value:
+            out[ReplicaId(key)] = events_pb2.ReplicaRecord.FromString(entry.value)
+    return out
+
+
+class Reconciler:
+    """Moves the replicas this owner runs toward what the deployments ask for."""
+
+    def __init__(self, store: Store, replicas: KeyValue, provider: Provider, owner: str,
+                 settings: ReconcilerSettings, *, seed: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.replicas = replicas
+        self.provider = provider
+        self.owner = owner
+        self.settings = settings
+        self.blocklist = Blocklist()
+        # From the last plan: deployments short of replicas that no cluster fits, and why.
+        self.unplaced: dict[DeploymentId, PlacementError] = {}
+        self.failures: dict[DeploymentId, StartFailure] = {}
+        self.last_plan = Plan()
+        self._seed = seed or secrets.token_hex(4)
+        self._seq = 0
+        self._clock = clock
+        self._launching: dict[ReplicaId, PendingLaunch] = {}
+        self._launch_tasks: dict[ReplicaId, asyncio.Task[None]] = {}
+        self._stop_tasks: dict[ReplicaId, asyncio.Task[None]] = {}
+        # Asked to stop by this process; kept until the replica's record and process are gone.
+        self._stopped: set[ReplicaId] = set()
+        # What the provider listed at the last tick, and replicas seen listed that vanished.
+        self._listed: dict[ReplicaId, LaunchHandle] = {}
+        # Launches that finished since the last tick: gone at the next listing means died.
+        self._launched: dict[ReplicaId, LaunchHandle] = {}
+        self._lost: set[ReplicaId] = set()
+        self._ever_ready: set[ReplicaId] = set()
+        self._first_seen: dict[ReplicaId, float] = {}
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self, period: float) -> None:
+        """Tick every `period` seconds (sooner after `poke`) until `request_stop`."""
+        while not self._closing.is_set():
+            try:
+                await self.tick()
+            except Exception as e:  # NATS down, a bad record: log and try again next period
+                log.exception("reconcile_tick_failed", error=str(e))
+            self._wake.clear()
+            waits = [asyncio.ensure_future(self._wake.wait()),
+                     asyncio.ensure_future(self._closing.wait())]
+            await asyncio.wait(waits, timeout=period, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+
+    def poke(self) -> None:
+        """Tick now rather than at the end of the period (a deployment changed)."""
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self._closing.set()
+
+    async def tick(self, now: float | None = None) -> Plan:
+        """Observe, plan, and start the plan's launches and stops (not waiting for them)."""
+        # Before any await: see `_observe`.
+        launching, launched = list(self._launching.values()), dict(self._launched)
+        deployments = {DeploymentId(r.id): r for r in await self.store.list()}
+        records = await read_replicas(self.replicas)
+        handles = await self.provider.list_owned(self.owner)
+        now = self._clock() if now is None else now
+        clusters = self.provider.clusters()
+        views, pending = self._observe(records, handles, launching, launched, clusters, now)
+        await self._delete_dead_records(records)
+        latency = getattr(self.provider, "latency", None)
+        ctx = PlanContext(
+            self.owner, clusters, self.blocklist, now, self._seed, self._seq,
+            latency() if callable(latency) else NO_LATENCY,
+            launch_timeout_s=self.settings.launch_timeout_s,
+            stopping=frozenset(self._stop_tasks) | frozenset(self._stopped),
+        )
+        result = plan({d: target_of(r) for d, r in deployments.items()}, views, pending, ctx)
+        self._seq = result.next_seq
+        self._log_unplaced(result.unplaced)
+        self.last_plan = result
+        for action in result.actions:
+            if isinstance(action, Stop):
+                self._start_stop(action)
+            elif self._backing_off(action.deployment_id, now):
+                continue
+            else:
+                self._start_launch(launch_request(deployments[action.deployment_id], action,
+                                                  self.owner, self.settings.nats_url),
+                                   action.cluster, now)
+        self.blocklist.prune(now)
+        return result
+
+    def _log_unplaced(self, unplaced: dict[DeploymentId, PlacementError]) -> None:
+        for dep, err in sorted(unplaced.items()):
+            if str(self.unplaced.get(dep)) != str(err):
+                log.warning("deployment_unplaced", deployment=dep, reason=str(err))
+        self.unplaced = unplaced
+
+    # -- what is running -------------------------------------------------------------------
+
+    def _observe(self, records: Mapping[ReplicaId, events_pb2.ReplicaRecord],
+                 handles: list[LaunchHandle], launching: list[PendingLaunch],
+                 launched: Mapping[ReplicaId, LaunchHandle], clusters: list[Cluster],
+                 now: float) -> tuple[list[ReplicaView], list[PendingLaunch]]:
+        """Views of the live replicas, and the launches without a record yet.
+
+        `launching` is read before the tick's first await: a launch that finishes during the
+        tick is then in `launching`, in `handles`, or both (the plan counts an id once);
+        one in `launched` finished before the listing, so if it is not listed it died."""
+        listed = {h.replica_id: h for h in handles}
+        for rid, rec in records.items():  # a dead replica's last record may still say READY
+            if rec.state == events_pb2.REPLICA_STATE_READY and rec.owner == self.owner:
+                self._ever_ready.add(rid)
+                self.failures.pop(DeploymentId(rec.deployment), None)
+        self._note_vanished(listed, {**launched, **self._listed}, clusters, now)
+        for rid in launched:
+            self._launched.pop(rid, None)
+        self._listed = listed
+        views = []
+        for rid, rec in records.items():
+            if rec.owner == self.owner and not self._alive(rec, listed, now):
+                continue
+            handle = listed.get(rid)
+            started = handle.started_at if handle else self._first_seen.setdefault(rid, now)
+            views.append(view_from_record(rec, started))
+        pending = [PendingLaunch(h.replica_id, h.deployment_id, ClusterName(h.cluster),
+                                 h.started_at, h.owner) for h in handles]
+        known = set(records) | set(listed) | set(self._launching)
+        for ids in (self._lost, self._stopped, self._ever_ready):
+            ids.intersection_update(known)
+        self._first_seen = {r: t for r, t in self._first_seen.items() if r in known}
+        return views, pending + launching
+
+    async def _delete_dead_records(self, records: Mapping[ReplicaId, object]) -> None:
+        """Delete the records of our replicas whose process is gone (died, or stopped but
+        killed before it deregistered), so routers drop them now, not at the TTL."""
+        for rid in records:
+            if rid in self._listed or rid in self._launching or rid in self._stop_tasks:
+                continue
+            if rid in self._lost or rid in self._stopped:
+                try:
+                    await self.replicas.delete(rid)
+                except Exception as e:  # noqa: BLE001 - it expires at its TTL anyway
+                    log.warning("replica_record_delete_failed", replica_id=rid, error=str(e))
+
+    def _alive(self, rec: events_pb2.ReplicaRecord, listed: Mapping[ReplicaId, LaunchHandle],
+               now: float) -> bool:
+        rid = ReplicaId(rec.replica_id)
+        if rid in listed or rid in self._launching:
+            return True
+        if rid in self._lost or rid in self._stopped:
+            return False
+        return now - rec.heartbeat_ts <= self.settings.stale_after_s
+
+    def _note_vanished(self, listed: Mapping[ReplicaId, LaunchHandle],
+                       before: Mapping[ReplicaId, LaunchHandle], clusters: list[Cluster],
+                       now: float) -> None:
+        """Replicas started or listed before that are gone though nobody stopped them: they
+        died (a start failure if never READY on a cluster still up)."""
+        up = {c.name for c in clusters if c.up}
+        for rid, handle in before.items():
+            if rid in listed or rid in self._stopped or rid in self._stop_tasks:
+                continue
+            self._lost.add(rid)
+            log.warning("replica_vanished", replica_id=rid, deployment=handle.deployment_id,
+                        cluster=handle.cluster, was_ready=rid in self._ever_ready)
+            if rid not in self._ever_ready and handle.cluster in up:
+                self._start_failed(handle, now)
+
+    def _start_failed(self, handle: LaunchHandle, now: float) -> None:
+        tail_of = getattr(self.provider, "log_tail", None) or getattr(
+            getattr(self.provider, "local", None), "log_tail", None)
+        tail = tail_of(handle.replica_id, 1000) if callable(tail_of) else ""
+        self._failed(handle.deployment_id, f"replica {handle.replica_id} exited before it was "
+                     "ready" + (f"; log tail:\n{tail}" if tail else ""), now)
+
+    def _failed(self, dep: DeploymentId, error: str, now: float) -> None:
+        """One more start failure of `dep`: its next launch waits 2, 4, 8 ... seconds."""
+        prev = self.failures.get(dep)
+        count = prev.count + 1 if prev else 1
+        delay = min(self.settings.backoff_base_s * 2 ** (count - 1), self.settings.backoff_max_s)
+        self.failures[dep] = StartFailure(count, now + delay, error)
+        log.warning("replica_start_failed", deployment=dep, failures=count, retry_in_s=delay,
+                    error=error[:200])
+
+    def _backing_off(self, dep: DeploymentId, now: float) -> bool:
+        failure = self.failures.get(dep)
+        return failure is not None and now < failure.retry_at
+
+    # -- acting ----------------------------------------------------------------------------
+
+    def _start_launch(self, req: LaunchRequest, cluster: Cluster, now: float) -> None:
+        rid = req.replica_id
+        self._launching[rid] = PendingLaunch(rid, req.deployment_id, cluster.name, now,
+                                             self.owner)
+        self._launch_tasks[rid] = asyncio.create_task(self._launch(req, cluster))
+
+    async def _launch(self, req: LaunchRequest, cluster: Cluster) -> None:
+        rid = req.replica_id
+        log.info("replica_launch", replica_id=rid, deployment=req.deployment_id,
+                 cluster=cluster.name)
+        try:
+            self._launched[rid] = await self.provider.launch(req)
+        except ProviderError as e:
+            block = self.blocklist.block(e.scope, cluster, self._clock(),
+                                         self.settings.block_ttl_s, e.message)
+            log.warning("replica_launch_failed", replica_id=rid, cluster=cluster.name,
+                        error=str(e), blocked=f"{block.scope.value} {block.key}",
+                        until=round(block.until, 1))
+        except Exception as e:  # a request the runtime cannot take: not the cluster's fault
+            log.exception("replica_launch_error", replica_id=rid, error=str(e))
+            self._failed(req.deployment_id, f"launch of {rid} failed: {e}", self._clock())
+        finally:
+            self._launching.pop(rid, None)
+            self._launch_tasks.pop(rid, None)
+
+    def _start_stop(self, action: Stop) -> None:
+        rid = action.replica_id
+        if rid in self._stop_tasks:
+            return
+        log.info("replica_stop", replica_id=rid, deployment=action.deployment_id,
+                 reason=action.reason.value)
+        self._stopped.add(rid)
+        self._stop_tasks[rid] = asyncio.create_task(self._stop(rid))
+
+    async def _stop(self, rid: ReplicaId) -> None:
+        try:
+            launch = self._launch_tasks.get(rid)
+            if launch is not None:  # stop what the launch starts, not before it starts it
+                await asyncio.wait([launch])
+            await self.provider.stop(rid)
+        except Exception as e:
+            self._stopped.discard(rid)  # the next plan asks again
+            log.exception("replica_stop_failed", replica_id=rid, error=str(e))
+        finally:
+            self._stop_tasks.pop(rid, None)
+
+    async def close(self, stop_replicas: bool = False) -> None:
+        """Let launches in flight finish (so a restart finds them); with `stop_replicas`,
+        stop every replica of this owner, else leave them running for the next start."""
+        self.request_stop()
+        if self._launch_tasks:
+            await asyncio.wait(list(self._launch_tasks.values()))
+        if stop_replicas:
+            if self._stop_tasks:
+                await asyncio.wait(list(self._stop_tasks.values()))
+            await self.provider.list_owned(self.owner)  # find those a previous run started
+            await self.provider.close()
+            return
+        for task in list(self._stop_tasks.values()):
+            task.cancel()  # the replica got SIGTERM and exits on its own
+
+    async def settle(self) -> None:
+        """Wait for the launches and stops started so far (tests and shutdown)."""
+        tasks = [*self._launch_tasks.values(), *self._stop_tasks.values()]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def cluster_status(self) -> list[dict[str, Any]]:
+        """Each cluster as the deployments API shows it (GET /v1/clusters)."""
+        now = self._clock()
+        used: dict[str, int] = {}
+        for h in self._listed.values():
+            used[h.cluster] = used.get(h.cluster, 0) + units_for(h.accelerator_count)
+        out = []
+        for c in self.provider.clusters():
+            block = self.blocklist.blocking(c, now)
+            out.append({
+                "name": c.name, "provider": self.provider.name, "cloud": c.cloud,
+                "region": c.region, "zone": c.zone, "accelerator": c.accelerator or "CPU",
+                "capacity": c.gpus_total, "used": used.get(c.name, 0), "up": c.up,
+                "price_per_hour": c.price_per_gpu_hour,
+                "blocked": None if block is None else {
+                    "scope": block.scope.value, "key": block.key, "until": block.until,
+                    "reason": block.reason},
+            })
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """Clusters, active blocks, unplaced deployments and start failures, as JSON."""
+        now = self._clock()
+        return {
+            "owner": self.owner, "provider": self.provider.name,
+            "clusters": self.cluster_status(),
+            "blocks": [{"scope": b.scope.value, "key": b.key, "until": b.until,
+                        "reason": b.reason} for b in self.blocklist.active(now)],
+            "unplaced": {d: str(e) for d, e in sorted(self.unplaced.items())},
+            "start_failures": {d: {"count": f.count, "retry_at": f.retry_at,
+                                   "last_error": f.last_error}
+                               for d, f in sorted(self.failures.items())},
+        }

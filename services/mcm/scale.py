@@ -1,0 +1,219 @@
+"""Scale commands: a durable JetStream consumer applying `ScaleCommand`s to deployments, and
+`publish_scale` for the CLI and the autoscaler (does I/O; `decide` is the pure rule).
+
+Delivery is at-least-once: a command is acked only after the deployment write (and the
+applied marker) succeeded, nak'ed for redelivery when a write fails, and the stream keeps it
+while mcm is down. Applying is idempotent: bucket `basalt_scale_applied` keeps, per
+deployment, the last command applied; a command with that id, or older than it by
+(`ts`, `command_id`), is acked and skipped, so neither a redelivery nor a late older command
+overrides a newer one. The deployment is written before the marker: a crash between the two
+re-applies the same absolute count on redelivery, which changes nothing unless the API set
+another count in that instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from enum import Enum
+
+import nats.errors
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from basalt import bus, subjects
+from basalt.log import get_logger
+from basalt.pb import deploy_pb2
+
+from .store import Conflict, Store
+
+log = get_logger(__name__)
+
+# Last ScaleCommand applied per deployment, key = deployment id.
+APPLIED_BUCKET = "basalt_scale_applied"
+DURABLE = "mcm"
+# Commands older than this are dropped from the stream even if never applied.
+STREAM_MAX_AGE_S = 7 * 24 * 3600.0
+# JetStream drops a second publish with the same command id within this window.
+DUPLICATE_WINDOW_S = 120.0
+_CAS_TRIES = 5
+
+
+class Outcome(Enum):
+    APPLIED = "applied"
+    UNCHANGED = "unchanged"
+    DUPLICATE = "duplicate"
+    STALE = "older than the last applied"
+    NO_DEPLOYMENT = "no such deployment"
+    INACTIVE = "deployment inactive"
+
+
+def decide(cmd: deploy_pb2.ScaleCommand, last: deploy_pb2.ScaleCommand | None) -> Outcome | None:
+    """Why `cmd` must not be applied after `last` (the last one applied), or None to apply."""
+    if last is None:
+        return None
+    if cmd.command_id == last.command_id:
+        return Outcome.DUPLICATE
+    if (cmd.ts, cmd.command_id) < (last.ts, last.command_id):
+        return Outcome.STALE
+    return None
+
+
+async def ensure_stream(js: JetStreamContext) -> None:
+    """Create stream BASALT_SCALE (file storage) when it does not exist."""
+    try:
+        await js.stream_info(subjects.SCALE_STREAM)
+    except NotFoundError:
+        await js.add_stream(StreamConfig(
+            name=subjects.SCALE_STREAM, subjects=[subjects.SCALE_ALL], storage=StorageType.FILE,
+            max_age=STREAM_MAX_AGE_S, duplicate_window=DUPLICATE_WINDOW_S,
+        ))
+
+
+def _subject_safe(deployment_id: str) -> bool:
+    return bool(deployment_id) and not any(c in deployment_id for c in ".*> \t\r\n")
+
+
+async def publish_scale(nc: Client, deployment_id: str, replicas: int, source: str, *,
+                        command_id: str | None = None,
+                        ts: float | None = None) -> deploy_pb2.ScaleCommand:
+    """Publish a ScaleCommand (stored in the stream before this returns); returns it."""
+    if not _subject_safe(deployment_id):
+        raise ValueError(f"deployment id {deployment_id!r} cannot be a subject token")
+    if not 0 <= replicas <= 1000:
+        raise ValueError(f"replicas must be within 0..1000, got {replicas}")
+    cmd = deploy_pb2.ScaleCommand(
+        command_id=command_id or uuid.uuid4().hex, deployment_id=deployment_id,
+        replicas=replicas, source=source, ts=time.time() if ts is None else ts,
+    )
+    js = nc.jetstream()
+    await ensure_stream(js)
+    await js.publish(subjects.scale(deployment_id), cmd.SerializeToString(),
+                     headers={"Nats-Msg-Id": cmd.command_id})
+    return cmd
+
+
+class ScaleConsumer:
+    """Applies scale commands from the durable consumer `mcm` until `request_stop`."""
+
+    def __init__(self, js: JetStreamContext, store: Store, applied: KeyValue, *,
+                 on_applied: Callable[[deploy_pb2.ScaleCommand], None] | None = None,
+                 retry_delay_s: float = 1.0) -> None:
+        self.js = js
+        self.store = store
+        self.applied = applied
+        self.on_applied = on_applied
+        self.retry_delay_s = retry_delay_s
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._closing = asyncio.Event()
+
+    @classmethod
+    async def open(cls, nc: Client, store: Store, **kw: object) -> ScaleConsumer:
+        js = nc.jetstream()
+        await ensure_stream(js)
+        applied = await bus.kv_bucket(nc, APPLIED_BUCKET)
+        return cls(js, store, applied, **kw)  # type: ignore[arg-type]
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        if self._sub is None:
+            self._sub = await self.js.pull_subscribe(
+                subjects.SCALE_ALL, durable=DURABLE, stream=subjects.SCALE_STREAM,
+                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
+                                      deliver_policy=DeliverPolicy.ALL, ack_wait=30.0))
+        return self._sub
+
+    async def run(self) -> None:
+        """Fetch and apply until `request_stop` (within about a second)."""
+        try:
+            await self._fetch_and_apply()
+        finally:
+            if self._sub is not None:
+                with contextlib.suppress(Exception):
+                    await self._sub.unsubscribe()
+                self._sub = None
+
+    async def _fetch_and_apply(self) -> None:
+        while not self._closing.is_set():
+            try:
+                sub = await self._subscribe()
+                msgs = await sub.fetch(batch=16, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as e:  # noqa: BLE001 - NATS down or restarting: retry
+                log.warning("scale_fetch_failed", error=str(e))
+                await asyncio.sleep(self.retry_delay_s)
+                continue
+            for msg in msgs:
+                await self.handle(msg)
+
+    def request_stop(self) -> None:
+        self._closing.set()
+
+    async def handle(self, msg: Msg) -> Outcome | None:
+        """Apply one delivered command and ack it; nak it when a write fails."""
+        try:
+            cmd = deploy_pb2.ScaleCommand.FromString(msg.data)
+        except DecodeError:
+            log.error("scale_command_unreadable", subject=msg.subject, size=len(msg.data))
+            await msg.term()
+            return None
+        try:
+            outcome = await self.apply(cmd)
+        except Exception as e:  # noqa: BLE001 - any failed write: redeliver
+            log.warning("scale_command_retry", command_id=cmd.command_id,
+                        deployment=cmd.deployment_id, error=str(e))
+            await msg.nak(delay=self.retry_delay_s)
+            return None
+        await msg.ack()
+        log.info("scale_command", command_id=cmd.command_id, deployment=cmd.deployment_id,
+                 replicas=cmd.replicas, source=cmd.source, outcome=outcome.value)
+        if outcome is Outcome.APPLIED and self.on_applied is not None:
+            self.on_applied(cmd)
+        return outcome
+
+    async def apply(self, cmd: deploy_pb2.ScaleCommand) -> Outcome:
+        """Set the deployment's desired replicas unless `decide` says not; raises when a write
+        fails (the caller naks and the command comes again)."""
+        try:
+            entry = await self.applied.get(cmd.deployment_id)
+            last = deploy_pb2.ScaleCommand.FromString(entry.value) if entry.value else None
+            marker_rev = entry.revision
+        except KeyNotFoundError:
+            last, marker_rev = None, None
+        skip = decide(cmd, last)
+        if skip is not None:
+            return skip
+        outcome = await self._write_desired(cmd)
+        if outcome in (Outcome.APPLIED, Outcome.UNCHANGED):
+            if marker_rev is None:
+                await self.applied.create(cmd.deployment_id, cmd.SerializeToString())
+            else:  # a concurrent writer makes this fail: nak, and decide again on redelivery
+                await self.applied.update(cmd.deployment_id, cmd.SerializeToString(),
+                                          last=marker_rev)
+        return outcome
+
+    async def _write_desired(self, cmd: deploy_pb2.ScaleCommand) -> Outcome:
+        for _ in range(_CAS_TRIES):
+            found = await self.store.get(cmd.deployment_id)
+            if found is None:
+                return Outcome.NO_DEPLOYMENT
+            rec = found.record
+            if rec.status != deploy_pb2.DEPLOYMENT_STATUS_ACTIVE:
+                return Outcome.INACTIVE
+            if rec.desired_replicas == cmd.replicas:
+                return Outcome.UNCHANGED
+            rec.desired_replicas = cmd.replicas
+            try:
+                await self.store.update(rec, found.revision)
+                return Outcome.APPLIED
+            except Conflict:
+                continue
+        raise Conflict(cmd.deployment_id)
