@@ -325,37 +325,33 @@ class PrefixIndex:
         owns: Sequence[OwnBlockHash],
         parent: OwnBlockHash | None,
     ) -> None:
-        e2o = rep.engine_to_own
-        added = 0
+        """`rep` holds `owns` (a chain after `parent`, which it holds) under `engine_hashes`."""
+        masks, parents, kids, e2o = self._masks, self._parent, rep.kids, rep.engine_to_own
+        bit, added = rep.bit, 0
         for eh, oh in zip(engine_hashes, owns):
             old = e2o.get(eh)
-            if old is not None and old == oh:
-                parent = oh
-                continue  # stored again: nothing changes
             if old is not None:
+                if old == oh:  # stored again: nothing changes
+                    parent = oh
+                    continue
                 self._drop_own(rep, old)
                 added -= 1
             e2o[eh] = oh
             added += 1
-            self._hold(rep, oh, parent)
+            m = masks.get(oh, 0)
+            if m & bit:
+                rep.dups[oh] = rep.dups.get(oh, 0) + 1
+            else:
+                masks[oh] = m | bit if m else bit
+                if parent is not None:
+                    if not m:
+                        parents[oh] = parent
+                    kids[parent] = kids.get(parent, 0) + 1
+                adopted = kids.get(oh)  # held children that had lost this parent
+                if adopted:
+                    self._set_orphans(rep, rep.orphans - adopted)
             parent = oh
         self._entries += added
-
-    def _hold(self, rep: _Replica, oh: OwnBlockHash, parent: OwnBlockHash | None) -> None:
-        """`rep` holds `oh` under one more engine hash; its parent (if any) is held by `rep`."""
-        masks, bit = self._masks, rep.bit
-        m = masks.get(oh, 0)
-        if m & bit:
-            rep.dups[oh] = rep.dups.get(oh, 0) + 1
-            return
-        masks[oh] = m | bit if m else bit
-        if parent is not None:
-            if not m:
-                self._parent[oh] = parent
-            rep.kids[parent] = rep.kids.get(parent, 0) + 1
-        adopted = rep.kids.get(oh)
-        if adopted:
-            self._set_orphans(rep, rep.orphans - adopted)
 
     def _remove(self, rep: _Replica, engine_hashes: Sequence[int], tally: _Tally) -> None:
         e2o = rep.engine_to_own
