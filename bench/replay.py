@@ -73,6 +73,7 @@ class ReplayConfig:
     queue_timeout_s: float = 30.0
     seed: int = 0  # the `random` policy's rng
     sim_seed: int = 0  # every replica's: the same prompt gets the same completion anywhere
+    vocab_size: int = 32_000  # the replicas' (the trace's token ids must be below it)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
@@ -95,6 +96,7 @@ class ReplayConfig:
             max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens,
             seed=self.sim_seed,
+            vocab_size=self.vocab_size,
         )
 
 

@@ -37,6 +37,11 @@ DEFAULT_POLICIES = "kv,round_robin,least_loaded,random"
 # The synthetic workload keeps ~0.5M tokens of live conversation context in flight; 4,096
 # blocks (64k tokens) per replica is a fleet cache just below it, so evictions happen.
 SYNTHETIC_BLOCKS = 4096
+# --live: a small chat a byte-tokenizer sim runtime accepts (vocab 259: ids 3..258).
+LIVE_WORKLOAD = ChatWorkload(
+    conversations=40, rate=1.0, think_s=5.0, system_tokens=600, first_message_tokens=400,
+    message_tokens=100, answer_tokens=64, prompt_token_lo=3, vocab_size=259,
+)
 SECTION = "## Routing"
 INTRO = """Discrete-event replay in virtual time (`bench/replay.py`): the router's real
 `PrefixIndex`, `Fleet` view and `policy.choose`, fed by each simulated replica's KV events
@@ -54,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default="synthetic",
                    help="'synthetic' (multi-turn chat) or a Mooncake JSON-lines file")
     p.add_argument("--replicas", type=int, default=8)
-    p.add_argument("--policies", default=DEFAULT_POLICIES,
-                   help=f"comma-separated, from {[k.value for k in PolicyKind]}")
+    p.add_argument("--policies", default=None,
+                   help=f"comma-separated, from {[k.value for k in PolicyKind]} "
+                   f"(default {DEFAULT_POLICIES}; kv with --live)")
     p.add_argument("--limit", type=int, default=None, help="replay the first N requests only")
     p.add_argument("--rate-scale", type=float, default=1.0,
                    help="divide arrival times by this (2 = twice the request rate)")
@@ -66,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"KV blocks per replica (default {SYNTHETIC_BLOCKS} synthetic, "
                    f"{H100_LLAMA_8B_BLOCKS} for a trace file: an H100 80GB)")
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--max-num-seqs", type=int, default=256, help="per replica (vLLM's default)")
     p.add_argument("--max-model-len", type=int, default=None,
                    help="default: 131072, or what one replica's blocks hold if less")
     p.add_argument("--overlap-weight", type=float, default=PolicyConfig().overlap_weight,
@@ -75,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-limit", type=int, default=64)
     p.add_argument("--queue-timeout-s", type=float, default=30.0)
     p.add_argument("--jobs", type=int, default=1, help="policies replayed in parallel")
+    p.add_argument("--live", action="store_true",
+                   help="also run the trace through real processes (nats-server, sim runtimes, "
+                   "router) and compare with the replay; synthetic trace only")
+    p.add_argument("--live-time-scale", type=float, default=0.5,
+                   help="--live: wall seconds per simulated second")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     p.add_argument("--markdown", type=Path, default=None,
                    help=f"update the '{SECTION}' section of this file (e.g. docs/benchmarks.md)")
@@ -96,7 +108,7 @@ def _config(ns: argparse.Namespace, synthetic: bool) -> ReplayConfig:
     max_len = ns.max_model_len or min(131_072, blocks * ns.block_size)
     return ReplayConfig(
         replicas=ns.replicas, num_blocks=blocks, block_size=ns.block_size,
-        max_model_len=max_len, event_delay_s=ns.event_delay_ms / 1000,
+        max_model_len=max_len, max_num_seqs=ns.max_num_seqs, event_delay_s=ns.event_delay_ms / 1000,
         load_report_s=ns.load_report_ms / 1000, queue_limit=ns.queue_limit,
         queue_timeout_s=ns.queue_timeout_s, seed=ns.seed,
         policy=PolicyConfig(overlap_weight=ns.overlap_weight),
@@ -105,7 +117,8 @@ def _config(ns: argparse.Namespace, synthetic: bool) -> ReplayConfig:
 
 def _trace(ns: argparse.Namespace) -> Trace:
     if ns.trace == "synthetic":
-        w = ChatWorkload(seed=ns.seed)
+        w = LIVE_WORKLOAD if ns.live else ChatWorkload()
+        w = replace(w, seed=ns.seed)
         if ns.conversations:
             w = replace(w, conversations=ns.conversations)
         trace = synthetic_chat(w)
@@ -320,16 +333,39 @@ def _strip_tail(lines: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     ns = build_parser().parse_args(argv)
-    kinds = _policies(ns.policies)
+    kinds = _policies(ns.policies or ("kv" if ns.live else DEFAULT_POLICIES))
     synthetic = ns.trace == "synthetic"
+    if ns.live and not synthetic:
+        print("basalt bench routing: --live replays the synthetic trace only", file=sys.stderr)
+        return 2
     config = _config(ns, synthetic)
     trace = _trace(ns)
     if not trace.requests:
         print("basalt bench routing: the trace has no requests", file=sys.stderr)
         return 2
-    command = "basalt bench routing " + shlex.join(argv)
-    run(trace, config, kinds, command=command.strip(), jobs=ns.jobs, json_out=ns.json,
+    command = ("basalt bench routing " + shlex.join(argv)).strip()
+    if ns.live:
+        return _live(ns, trace, replace(config, vocab_size=LIVE_WORKLOAD.vocab_size), kinds,
+                     command)
+    run(trace, config, kinds, command=command, jobs=ns.jobs, json_out=ns.json,
         markdown=ns.markdown)
+    return 0
+
+
+def _live(
+    ns: argparse.Namespace, trace: Trace, config: ReplayConfig, kinds: list[PolicyKind],
+    command: str,
+) -> int:
+    from .routing_live import format_comparison, run_comparison
+
+    rows = run_comparison(trace, config, kinds, ns.live_time_scale)
+    text = format_comparison(rows, command)
+    print(text)
+    if ns.json is not None:
+        ns.json.write_text(json.dumps({"command": command, "machine": machine(), "rows": rows},
+                                      indent=2) + "\n")
+    if ns.markdown is not None:
+        update_markdown(ns.markdown, "live stack vs replay", text)
     return 0
 
 

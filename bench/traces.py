@@ -88,11 +88,13 @@ def limit_and_scale(trace: Trace, limit: int | None = None, rate_scale: float = 
     return Trace(trace.name, list(reqs))
 
 
-def _random_tokens(rng: random.Random, n: int) -> array:
-    """`n` token ids in [TOKEN_LO, VOCAB_SIZE) from `rng` (fast: one randbytes call)."""
-    span = VOCAB_SIZE - TOKEN_LO
+def _random_tokens(
+    rng: random.Random, n: int, lo: int = TOKEN_LO, vocab_size: int = VOCAB_SIZE
+) -> array:
+    """`n` token ids in [lo, vocab_size) from `rng` (fast: one randbytes call)."""
+    span = vocab_size - lo
     raw = array("H", rng.randbytes(2 * n))
-    return array("I", [TOKEN_LO + v % span for v in raw])
+    return array("I", [lo + v % span for v in raw])
 
 
 # -- Mooncake ------------------------------------------------------------------------------
@@ -187,9 +189,12 @@ class ChatWorkload:
     answer_tokens: int = 250
     think_s: float = 20.0  # mean wait between a turn and the next (exponential)
     seed: int = 0
-    # The simulator's seed and output range: answers are its completions (see sim_completion).
+    # Prompt token ids are drawn from [prompt_token_lo, vocab_size).
+    prompt_token_lo: int = TOKEN_LO
+    # The simulator's seed, vocabulary and output range: answers are its completions (see
+    # sim_completion), so these must be the replicas' (a byte-tokenizer replica: vocab 259).
+    vocab_size: int = VOCAB_SIZE
     sim_seed: int = 0
-    sim_vocab_size: int = VOCAB_SIZE
     sim_min_output_token_id: int = 100
 
     def __post_init__(self) -> None:
@@ -202,6 +207,8 @@ class ChatWorkload:
         lengths = (self.system_tokens, self.first_message_tokens, self.message_tokens, self.answer_tokens)
         if min(lengths) < 1:
             raise ValueError("token counts must be >= 1")
+        if not 0 <= self.prompt_token_lo < self.vocab_size:
+            raise ValueError("need 0 <= prompt_token_lo < vocab_size")
 
 
 def sim_completion(prompt: array, n: int, seed: int, lo: int, vocab_size: int) -> array:
@@ -220,20 +227,24 @@ def _conversation(
 ) -> Iterator[TraceRequest]:
     """The turns of conversation `c`, each prompt extending the last prompt and its answer."""
     session = f"conv-{c}"
-    prompt = system + _random_tokens(rng, _around(rng, w.first_message_tokens))
+    lo, vocab = w.prompt_token_lo, w.vocab_size
+    prompt = system + _random_tokens(rng, _around(rng, w.first_message_tokens), lo, vocab)
     t = start_s
     for turn in range(rng.randint(w.min_turns, w.max_turns)):
         out = _around(rng, w.answer_tokens)
         yield TraceRequest(t, prompt, out, session)
-        answer = sim_completion(prompt, out, w.sim_seed, w.sim_min_output_token_id, w.sim_vocab_size)
-        prompt = prompt + answer + _random_tokens(rng, _around(rng, w.message_tokens))
+        answer = sim_completion(prompt, out, w.sim_seed, w.sim_min_output_token_id, vocab)
+        prompt = prompt + answer + _random_tokens(rng, _around(rng, w.message_tokens), lo, vocab)
         t += rng.expovariate(1.0 / w.think_s) if w.think_s > 0 else 0.0
 
 
 def synthetic_chat(w: ChatWorkload) -> Trace:
     """The requests of `w`, sorted by arrival (deterministic for a given `w`)."""
     rng = random.Random(w.seed)
-    systems = [_random_tokens(rng, _around(rng, w.system_tokens)) for _ in range(w.system_prompts)]
+    systems = [
+        _random_tokens(rng, _around(rng, w.system_tokens), w.prompt_token_lo, w.vocab_size)
+        for _ in range(w.system_prompts)
+    ]
     convs: list[list[TraceRequest]] = []
     t = 0.0
     for c in range(w.conversations):

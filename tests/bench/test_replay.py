@@ -9,6 +9,7 @@ import pytest
 
 from bench import routing
 from bench.replay import PolicyResult, ReplayConfig, prepare, replay, trace_bounds
+from bench.routing_live import run_comparison, stickiness
 from bench.traces import ChatWorkload, synthetic_chat
 from services.router.types import PolicyConfig, PolicyKind
 
@@ -121,3 +122,22 @@ def test_the_cli_adds_a_routing_section_to_a_new_file(tmp_path, capsys):
     assert routing.main(argv) == 0
     text = doc.read_text()
     assert text.startswith("# Benchmarks\n\n## Routing\n") and "| kv |" in text
+
+
+def test_stickiness_counts_follow_ups_that_stay_on_the_previous_turns_replica():
+    sessions = ["a", "b", "a", "a", None, "b"]
+    replicas = ["r0", "r1", "r0", "r1", "r0", "r1"]
+    assert stickiness(sessions, replicas) == pytest.approx(2 / 3)  # a: stay, move; b: stay
+
+
+@pytest.mark.integration
+def test_the_live_stack_shows_the_replays_picture():
+    # nats-server, 2 sim runtimes and the router as processes; ~40 requests at half speed.
+    trace = synthetic_chat(replace(routing.LIVE_WORKLOAD, conversations=8))
+    config = ReplayConfig(replicas=2, num_blocks=1024, max_model_len=16_384, vocab_size=259)
+    [row] = run_comparison(trace, config, [PolicyKind.KV], scale=0.5)
+    assert row["live_errors"] == 0
+    assert sum(row["assigned"]["live"]) == len(trace.requests)
+    hit = row["hit_ratio"]
+    assert hit["live"] > 0.5 and hit["live"] == pytest.approx(hit["replay"], abs=0.1)
+    assert row["stickiness"]["live"] > 0.8

@@ -107,3 +107,9 @@ def test_limit_and_rate_scale_compress_the_trace():
     )
     with pytest.raises(ValueError, match="rate_scale"):
         limit_and_scale(trace, rate_scale=0)
+
+
+def test_a_byte_vocab_workload_stays_inside_its_vocabulary():
+    w = ChatWorkload(conversations=5, prompt_token_lo=3, vocab_size=259, seed=5)
+    for r in synthetic_chat(w).requests:
+        assert 3 <= min(r.prompt) and max(r.prompt) < 259
