@@ -322,5 +322,32 @@ def run(json_out: Path | None = None, workload: Workload | None = None) -> dict:
     return figures
 
 
+def main(argv: list[str]) -> int:
+    """`basalt bench index [--json OUT] [--markdown docs/benchmarks.md]`."""
+    import argparse
+    import os
+    import platform
+
+    from bench.runtime import update_section
+
+    p = argparse.ArgumentParser(prog="basalt bench index", description=__doc__)
+    p.add_argument("--json", type=Path, help="write the figures as JSON here")
+    p.add_argument("--markdown", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md",
+                   help="update the Index section of this file ('' to skip)")
+    ns = p.parse_args(argv)
+    figures = run(ns.json)
+    if str(ns.markdown):
+        body = (
+            "## Index microbenchmark (`basalt bench index`)\n\n"
+            f"Command: `basalt bench index {' '.join(argv)}`".rstrip() + "  \n"
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+            f"{figures['replicas']} replicas, 16k-token prompt (1,024 blocks of 16). "
+            "p99 figures on this shared machine include scheduler noise.\n\n"
+            + _table(figures) + "\n"
+        )
+        update_section(ns.markdown, "## Index microbenchmark", body)
+    return 0
+
+
 if __name__ == "__main__":
-    run(Path(sys.argv[1]) if len(sys.argv) > 1 else None)
+    sys.exit(main(sys.argv[1:]))
