@@ -26,10 +26,10 @@ class McmSettings(ServiceSettings):
     )
 
     http_host: str = Field("127.0.0.1", description="Address of the deployments HTTP API.")
-    http_port: int = Field(8010, ge=0, le=65535, description="Port of the deployments API (0 = any free port).")
+    http_port: int = Field(8081, ge=0, le=65535, description="Port of the deployments API (0 = any free port).")
     provider: ProviderKind = Field(ProviderKind.LOCAL, description="Where replicas run: local (processes on this host) or simcloud (a SIMULATOR of several clouds).")
     simcloud_config: str = Field(str(DEFAULT_CONFIG), description="simcloud SIMULATOR config (YAML) when --provider simcloud.")
-    state_dir: str = Field(".basalt/mcm", description="Folder for the owner id, replica logs and handles; a restart on the same folder adopts its replicas.")
+    state_dir: str = Field(".basalt/mcm", description="Folder for the owner id and the replicas' logs and handles; a restart on the same folder adopts its replicas.")
     owner: str = Field("", description="Owner id written into every replica this control plane starts (default: kept in <state-dir>/owner).")
     reconcile_period: float = Field(1.0, gt=0, le=60, description="Seconds between reconcile ticks.")
     block_ttl: float = Field(60.0, gt=0, description="Seconds a cloud, region or zone stays blocked after a provider failure there.")

@@ -2,8 +2,8 @@
 API, the reconcile loop and the scale-command consumer until SIGTERM (does I/O).
 
 On exit, replicas are left running by default: the owner id is kept in `<state-dir>/owner`
-and the provider's handles under `<state-dir>/replicas`, so the next start on the same state
-dir adopts them (no duplicates, no orphans). `--stop-replicas-on-exit` (what `basalt up`
+and the provider's replica handles and logs (`<id>.log`, read by `basalt logs`) beside it, so
+the next start on the same state dir adopts them (no duplicates, no orphans). `--stop-replicas-on-exit` (what `basalt up`
 uses) stops every replica of this owner first, so nothing is left running.
 """
 
@@ -55,11 +55,11 @@ def load_owner(state_dir: Path, explicit: str = "") -> str:
 
 
 def build_provider(s: McmSettings, state_dir: Path) -> Provider:
-    replicas_dir = state_dir / "replicas"
+    """The provider; its per-replica files (`<id>.log`, handles) go in the state dir."""
     if s.provider is ProviderKind.SIMCLOUD:
-        return SimCloudProvider.from_file(Path(s.simcloud_config), replicas_dir,
+        return SimCloudProvider.from_file(Path(s.simcloud_config), state_dir,
                                           grace_s=s.replica_grace)
-    return LocalProvider(replicas_dir, grace_s=s.replica_grace)
+    return LocalProvider(state_dir, grace_s=s.replica_grace)
 
 
 def build_app(store: Store, nc: Client, verifier: apikeys.KeyVerifier | None,

@@ -45,6 +45,7 @@ STREAM_MAX_AGE_S = 7 * 24 * 3600.0
 # JetStream drops a second publish with the same command id within this window.
 DUPLICATE_WINDOW_S = 120.0
 _CAS_TRIES = 5
+MAX_REPLICAS = 1000
 
 
 class Outcome(Enum):
@@ -54,6 +55,7 @@ class Outcome(Enum):
     STALE = "older than the last applied"
     NO_DEPLOYMENT = "no such deployment"
     INACTIVE = "deployment inactive"
+    INVALID = "replicas out of range"
 
 
 def decide(cmd: deploy_pb2.ScaleCommand, last: deploy_pb2.ScaleCommand | None) -> Outcome | None:
@@ -88,8 +90,8 @@ async def publish_scale(nc: Client, deployment_id: str, replicas: int, source: s
     """Publish a ScaleCommand (stored in the stream before this returns); returns it."""
     if not _subject_safe(deployment_id):
         raise ValueError(f"deployment id {deployment_id!r} cannot be a subject token")
-    if not 0 <= replicas <= 1000:
-        raise ValueError(f"replicas must be within 0..1000, got {replicas}")
+    if not 0 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f"replicas must be within 0..{MAX_REPLICAS}, got {replicas}")
     cmd = deploy_pb2.ScaleCommand(
         command_id=command_id or uuid.uuid4().hex, deployment_id=deployment_id,
         replicas=replicas, source=source, ts=time.time() if ts is None else ts,
@@ -188,7 +190,7 @@ class ScaleConsumer:
             marker_rev = entry.revision
         except KeyNotFoundError:
             last, marker_rev = None, None
-        skip = decide(cmd, last)
+        skip = Outcome.INVALID if cmd.replicas > MAX_REPLICAS else decide(cmd, last)
         if skip is not None:
             return skip
         outcome = await self._write_desired(cmd)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +21,14 @@ from basalt.pb import deploy_pb2, events_pb2
 from services.mcm.providers import LocalProvider, Provider, SimCloudProvider, parse_config
 from services.mcm.reconciler import Reconciler, ReconcilerSettings, read_replicas
 from services.mcm.store import Store
-from tests.mcm_process import eventually, kill_runtimes, ours, ready_ids, sim_deployment
+from tests.mcm_process import (
+    eventually,
+    kill_runtimes,
+    ours,
+    ready_ids,
+    runtime_pids,
+    sim_deployment,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -208,3 +216,34 @@ async def test_a_replica_that_cannot_start_is_retried_with_backoff_and_says_why(
     # Without backoff the loop would have started one every 0.3 s period (10 more by now).
     assert len(launches) <= 3, launches
     assert await local.records("broken") == {}
+
+
+async def test_a_restarted_loop_adopts_a_launch_whose_replica_has_not_registered_yet(
+        nats: NatsServer, tmp_path: Path) -> None:
+    """A slow engine (vLLM imports for many seconds) registers long after its launch; a
+    control plane restarted in between must count it, not launch a second one."""
+    owner = f"t-adopt-{os.getpid()}-{time.monotonic_ns()}"
+    nc = await bus.connect(nats.url, name="test-adopt")
+    store, kv = await Store.open(nc), await bus.replicas_bucket(nc)
+    settings = ReconcilerSettings(nats_url=nats.url)
+    slow_python = tmp_path / "slow-python"
+    slow_python.write_text(f'#!/bin/sh\nsleep 3\nexec {sys.executable} "$@"\n')
+    slow_python.chmod(0o755)
+    first = LocalProvider(tmp_path / "replicas", grace_s=10.0, python=str(slow_python))
+    try:
+        await store.create(sim_deployment("slow", 1))
+        before = Reconciler(store, kv, first, owner, settings)
+        assert len((await before.tick()).launches) == 1
+        await before.settle()  # launched; the process is still importing, no record yet
+        assert ours(await read_replicas(kv), owner, "slow") == {}
+
+        # The control plane restarts: a new provider on the same state dir, the same owner.
+        after = Reconciler(store, kv, LocalProvider(tmp_path / "replicas", grace_s=10.0),
+                           owner, settings)
+        assert (await after.tick()).actions == []
+        assert len(runtime_pids(owner)) == 1
+    finally:
+        await first.close()
+        kill_runtimes(owner)
+        await store.delete("slow")
+        await nc.close()
