@@ -34,8 +34,9 @@ from .replay import (
 from .traces import ChatWorkload, Trace, limit_and_scale, load_mooncake, synthetic_chat
 
 DEFAULT_POLICIES = "kv,round_robin,least_loaded,random"
-# The synthetic workload keeps ~0.5M tokens of live conversation context in flight; 4,096
-# blocks (64k tokens) per replica is a fleet cache just below it, so evictions happen.
+# The default synthetic chat holds ~1M distinct tokens of open conversations at steady state
+# (2.9M distinct prompt tokens in all); 4,096 blocks (64k tokens) per replica make a 0.5M-token
+# fleet cache, so evictions matter and where a conversation lands matters.
 SYNTHETIC_BLOCKS = 4096
 # --live: a small chat a byte-tokenizer sim runtime accepts (vocab 259: ids 3..258).
 LIVE_WORKLOAD = ChatWorkload(
@@ -45,7 +46,7 @@ LIVE_WORKLOAD = ChatWorkload(
 SECTION = "## Routing"
 INTRO = """Discrete-event replay in virtual time (`bench/replay.py`): the router's real
 `PrefixIndex`, `Fleet` view and `policy.choose`, fed by each simulated replica's KV events
-(5 ms event delay) and load reports (every 1 s), in front of `SimReplicaCore` replicas
+and load reports (delayed as each run's *Fleet* line says), in front of `SimReplicaCore` replicas
 (Llama-3.1-8B on H100 timing profile, finite KV cache with LRU eviction). Every policy sees
 the same trace. *prefix hit* = cached prompt tokens / prompt tokens; *oracle* = one replica
 with unlimited cache (no policy can beat it); *pooled LRU* = one LRU cache the size of the
@@ -142,9 +143,10 @@ def _replay_shared(kind: PolicyKind) -> PolicyResult:
     return replay(_SHARED[0], _SHARED[1], kind)
 
 
-def _run_policies(
+def run_policies(
     prepared: PreparedTrace, config: ReplayConfig, kinds: list[PolicyKind], jobs: int
 ) -> list[PolicyResult]:
+    """Replay each policy, in `jobs` forked processes when > 1 (same figures either way)."""
     if jobs <= 1 or len(kinds) == 1:
         return [replay(prepared, config, k) for k in kinds]
     global _SHARED
@@ -179,7 +181,7 @@ def run(
     started = time.perf_counter()
     prepared = prepare(trace, config)
     bounds = trace_bounds(prepared, config)
-    results = _run_policies(prepared, config, kinds, jobs)
+    results = run_policies(prepared, config, kinds, jobs)
     report = _report(trace, config, bounds, results, command, time.perf_counter() - started)
     text = format_report(report)
     print(text)
@@ -338,8 +340,12 @@ def main(argv: list[str]) -> int:
     if ns.live and not synthetic:
         print("basalt bench routing: --live replays the synthetic trace only", file=sys.stderr)
         return 2
-    config = _config(ns, synthetic)
-    trace = _trace(ns)
+    try:
+        config = _config(ns, synthetic)
+        trace = _trace(ns)
+    except (OSError, ValueError) as e:  # bad flag values name the setting; bad trace lines too
+        print(f"basalt bench routing: {e}", file=sys.stderr)
+        return 2
     if not trace.requests:
         print("basalt bench routing: the trace has no requests", file=sys.stderr)
         return 2

@@ -141,3 +141,10 @@ def test_the_live_stack_shows_the_replays_picture():
     hit = row["hit_ratio"]
     assert hit["live"] > 0.5 and hit["live"] == pytest.approx(hit["replay"], abs=0.1)
     assert row["stickiness"]["live"] > 0.8
+
+
+def test_policies_run_in_parallel_processes_give_the_same_figures(prepared):
+    kinds = [PolicyKind.KV, PolicyKind.ROUND_ROBIN]
+    serial = routing.run_policies(prepared, CONFIG, kinds, jobs=1)
+    parallel = routing.run_policies(prepared, CONFIG, kinds, jobs=2)
+    assert [_figures(r) for r in parallel] == [_figures(r) for r in serial]
