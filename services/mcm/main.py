@@ -114,6 +114,15 @@ def _write_ready(path: str, info: dict[str, object]) -> None:
         tmp.replace(path)
 
 
+async def _disconnect(nc: Client) -> None:
+    try:
+        await asyncio.wait_for(nc.drain(), 10.0)
+    except Exception as e:  # noqa: BLE001 - NATS already gone (e.g. stopped first)
+        log.warning("nats_drain_failed", error=str(e) or type(e).__name__)
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
 async def run(s: McmSettings) -> int:
     state_dir = Path(s.state_dir).resolve()
     owner = load_owner(state_dir, s.owner)
@@ -150,9 +159,14 @@ async def run(s: McmSettings) -> int:
     scale.request_stop()
     reconciler.request_stop()
     watch.cancel()
+    # A tick or fetch waiting on a NATS that is gone would hold the exit up: cancel it (both
+    # are safe to cut at an await; see scale.py on a command cut between its two writes).
+    _, late = await asyncio.wait(loops, timeout=2.0)
+    for task in late:
+        task.cancel()
     await asyncio.gather(serve_task, watch, *loops, return_exceptions=True)
     await reconciler.close(stop_replicas=s.stop_replicas_on_exit)
-    await nc.drain()
+    await _disconnect(nc)
     log.info("mcm_stopped")
     return 0
 
