@@ -70,7 +70,8 @@ class NatsServer:
             "-sd", str(self.store_dir),
         ]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        # Own session: a terminal's Ctrl-C reaches the parent, which stops the bus last.
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_for_port(self.host, self.port, timeout, self.proc)
         return self
 

@@ -41,6 +41,9 @@ API_KEYS_BUCKET = "basalt_api_keys"
 
 # ScaleCommand, at-least-once; the control plane applies them idempotently by command_id.
 SCALE_STREAM = "BASALT_SCALE"
+# The last ScaleCommand applied per deployment (key = deployment id), so a redelivered or
+# older command is skipped.
+SCALE_APPLIED_BUCKET = "basalt_scale_applied"
 SCALE = "basalt.scale.{deployment_id}"
 SCALE_ALL = "basalt.scale.>"
 

@@ -38,7 +38,7 @@ from .store import Conflict, Store
 log = get_logger(__name__)
 
 # Last ScaleCommand applied per deployment, key = deployment id.
-APPLIED_BUCKET = "basalt_scale_applied"
+APPLIED_BUCKET = subjects.SCALE_APPLIED_BUCKET
 DURABLE = "mcm"
 # Commands older than this are dropped from the stream even if never applied.
 STREAM_MAX_AGE_S = 7 * 24 * 3600.0

@@ -153,8 +153,11 @@ class Replica:
             await self.engine.shutdown()
         except Exception as e:
             log.warning("engine_shutdown_failed", error=str(e))
-        await heartbeat.deregister(self.replica_id)
-        await nc.drain()
+        try:  # NATS may already be gone (a whole stack stopping): do not hang on it
+            await asyncio.wait_for(heartbeat.deregister(self.replica_id), timeout=3)
+            await asyncio.wait_for(nc.drain(), timeout=3)
+        except Exception as e:
+            log.warning("deregister_failed", error=str(e) or type(e).__name__)
         log.info("replica_stopped", replica_id=self.replica_id)
 
     def _write_ready_file(self) -> None:
