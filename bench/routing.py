@@ -299,7 +299,7 @@ def format_report(report: dict) -> str:
         f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['processor']}), Python {m['python']}; "
         f"shared CPU, so wall times are noisy. Total wall {report['wall_s']:.0f} s."
     )
-    lines += ["", f"Command: `{report['command']}`", machine_line]
+    lines += ["", f"Command: `{report['command']}`", "", machine_line]
     return "\n".join(lines)
 
 
@@ -365,7 +365,11 @@ def _live(
     from .routing_live import format_comparison, run_comparison
 
     rows = run_comparison(trace, config, kinds, ns.live_time_scale)
-    text = format_comparison(rows, command)
+    m = machine()
+    text = format_comparison(rows, command) + (
+        f"\n\nMachine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}; the stack's "
+        "processes share these CPUs with the client."
+    )
     print(text)
     if ns.json is not None:
         ns.json.write_text(json.dumps({"command": command, "machine": machine(), "rows": rows},
