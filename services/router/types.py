@@ -108,17 +108,19 @@ class PolicyConfig:
 
     kind: PolicyKind = PolicyKind.KV
     # Cost of one block that must be prefilled, relative to one block of decode load.
-    overlap_weight: float = 1.0
+    # 4 measured better than 1 on both the synthetic chat and the Mooncake trace
+    # (`basalt bench routing --overlap-weight W`; docs/benchmarks.md).
+    overlap_weight: float = 4.0
     # A replica whose KV usage (0..1) or waiting count is past these is not a candidate.
     busy_kv_usage: float = 0.95
     busy_waiting: int = 32
     # Decode-load blocks charged per request waiting in a replica's queue.
     waiting_weight_blocks: float = 32.0
     # Block-equivalents charged when the request's LoRA adapter is not loaded on the replica.
-    lora_load_penalty: float = 256.0
-    # Block-equivalents per millisecond of client-to-replica latency (2.0: a 50 ms remote
-    # region costs as much as prefilling 100 blocks).
-    region_penalty_per_ms: float = 2.0
+    lora_load_penalty: float = 1024.0
+    # Block-equivalents per millisecond of client-to-replica latency (8.0 with overlap weight
+    # 4: a 50 ms remote region costs as much as prefilling 100 blocks).
+    region_penalty_per_ms: float = 8.0
     # 0 = lowest cost wins; > 0 = softmax sampling over costs (in blocks), needs an rng.
     temperature: float = 0.0
     # Policy used by `session` when a request has no session key.

@@ -25,7 +25,8 @@ from services.router.types import (
     RouteRequest,
 )
 
-KV = PolicyConfig()
+# Weights spelled out (the mechanics under test), not the tuned defaults.
+KV = PolicyConfig(overlap_weight=1.0, lora_load_penalty=256.0, region_penalty_per_ms=2.0)
 # A 2,048-token prompt: 128 blocks of 16.
 REQ = RouteRequest(num_prompt_tokens=2048, num_blocks=128)
 
