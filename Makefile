@@ -46,7 +46,7 @@ bench-index: setup
 	$(VENV)/bin/basalt bench index
 
 bench-routing: setup
-	$(VENV)/bin/basalt bench routing
+	$(VENV)/bin/basalt bench routing --markdown docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .basalt .pytest_cache
