@@ -59,14 +59,18 @@ def stack(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory):
     for r in replicas:
         r.launch()
     router = RouterProcess(nats_server.url, tmp, deps, extra=["--region", "us-east"])
+    # A second router instance: its own index, built from the same events.
+    second = RouterProcess(nats_server.url, tmp, deps, name="router-2", extra=["--region", "us-east"])
     try:
         for r in replicas:
             r.wait_ready(90)
         router.start()
+        second.start()
         _wait_routable(router, ["chat", "base-l", "geo", "echo"])
-        yield router, {r.replica_id: r for r in replicas}
+        yield router, {r.replica_id: r for r in replicas}, second
     finally:
         router.kill()
+        second.kill()
         for r in replicas:
             r.kill()
 
@@ -95,7 +99,7 @@ def _client(router: RouterProcess, **kw) -> openai.OpenAI:
 
 
 def test_openai_chat_non_stream_and_stream(stack) -> None:
-    router, _ = stack
+    router = stack[0]
     client = _client(router)
     out = client.chat.completions.create(
         model="chat", messages=[{"role": "user", "content": "hello there"}], max_tokens=8)
@@ -111,7 +115,7 @@ def test_openai_chat_non_stream_and_stream(stack) -> None:
 
 
 def test_openai_completions_non_stream_and_stream(stack) -> None:
-    router, _ = stack
+    router = stack[0]
     client = _client(router)
     out = client.completions.create(model="chat", prompt="once upon a time", max_tokens=5)
     assert out.usage.completion_tokens == 5 and out.choices[0].finish_reason == "length"
@@ -121,14 +125,14 @@ def test_openai_completions_non_stream_and_stream(stack) -> None:
 
 
 def test_models_lists_models_and_adapters(stack) -> None:
-    router, _ = stack
+    router = stack[0]
     ids = {m.id for m in _client(router).models.list()}
     assert {"chat", "base-l", "ad1", "ad2", "geo", "echo"} <= ids
     assert "empty" in ids
 
 
 def test_sse_wire_format_ends_with_done(stack) -> None:
-    router, _ = stack
+    router = stack[0]
     with httpx.stream("POST", router.base_url + "/v1/completions", json={
         "model": "chat", "prompt": "abc", "max_tokens": 3, "stream": True}) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -146,7 +150,7 @@ def _served_by(router: RouterProcess, model: str, prompt: str, headers=None) -> 
 
 
 def test_repeated_prefix_goes_to_the_replica_that_holds_it(stack) -> None:
-    router, _ = stack
+    router = stack[0]
     prefixes = [f"{i} " * 8 + f"system prompt {i}: " + ("lorem ipsum dolor sit amet " * 30)
                 for i in range(6)]
 
@@ -159,22 +163,27 @@ def test_repeated_prefix_goes_to_the_replica_that_holds_it(stack) -> None:
 
     first = asyncio.run(first_round())
     assert set(first.values()) == {"chat-a", "chat-b"}, "distinct prefixes should spread load"
-    time.sleep(0.5)  # KV events reach the router
+    time.sleep(0.5)  # KV events reach the routers
     for i, p in enumerate(prefixes):
         replica, cached = _served_by(router, "chat", p + "second question, different")
         assert replica == first[i], f"prefix {i} left the replica that caches it"
         assert cached >= 16 * 40
+    second = stack[2]  # never saw these requests, only the replicas' KV events
+    for i, p in enumerate(prefixes):
+        replica, cached = _served_by(second, "chat", p + "third question")
+        assert replica == first[i], f"the second router sent prefix {i} elsewhere"
+        assert cached >= 16 * 40
 
 
 def test_lora_request_prefers_the_replica_with_the_adapter_loaded(stack) -> None:
-    router, _ = stack
+    router = stack[0]
     for i in range(4):
         replica, _ = _served_by(router, "ad1", f"query {i} " * 3)
         assert replica == "lora-c"
 
 
 def test_client_region_prefers_a_replica_in_that_region(stack) -> None:
-    router, _ = stack
+    router = stack[0]
     for i in range(3):
         eu, _ = _served_by(router, "geo", f"bonjour {i}", {"x-basalt-region": "eu-west"})
         us, _ = _served_by(router, "geo", f"hello {i}", {"x-basalt-region": "us-east"})
@@ -182,7 +191,7 @@ def test_client_region_prefers_a_replica_in_that_region(stack) -> None:
 
 
 def test_predict_route_for_python_models(stack) -> None:
-    router, _ = stack
+    router = stack[0]
     r = httpx.post(router.base_url + "/v1/models/echo/predict", json={"text": "hi"})
     assert r.status_code == 200, r.text
     assert "hi" in r.text
@@ -197,7 +206,7 @@ def test_predict_route_for_python_models(stack) -> None:
     ({"json": {"model": "chat"}}, 400, "prompt"),
 ])
 def test_bad_input_gets_a_clear_4xx_and_the_router_keeps_serving(stack, kwargs, status, needle) -> None:
-    router, _ = stack
+    router = stack[0]
     r = httpx.post(router.base_url + "/v1/completions", timeout=30, **kwargs)
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]["message"]
@@ -205,7 +214,7 @@ def test_bad_input_gets_a_clear_4xx_and_the_router_keeps_serving(stack, kwargs, 
 
 
 def test_queue_waits_then_times_out_and_rejects_past_its_limit(stack) -> None:
-    router, _ = stack
+    router = stack[0]
 
     async def go():
         async with httpx.AsyncClient(base_url=router.base_url, timeout=30) as c:
@@ -222,7 +231,7 @@ def test_queue_waits_then_times_out_and_rejects_past_its_limit(stack) -> None:
 
 
 async def test_request_records_are_published(stack, nc) -> None:
-    router, _ = stack
+    router = stack[0]
     sub = await nc.subscribe(subjects.requests("chat-v1"))
     await asyncio.to_thread(_served_by, router, "chat", "record me")
     rec = deploy_pb2.RequestRecord.FromString((await sub.next_msg(timeout=5)).data)
