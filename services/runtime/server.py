@@ -47,6 +47,9 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         self.on_lora_change = on_lora_change
         self.inflight = InFlight()
         self.labels = {"model": model_name, "replica": replica_id}
+        # Labelled children looked up once: ITL is observed on every streamed chunk.
+        self._ttft = metrics.TTFT.labels(**self.labels)
+        self._itl = metrics.ITL.labels(**self.labels)
 
     async def _refuse_if_draining(self, context: grpc.aio.ServicerContext) -> None:
         if self.inflight.draining:
@@ -87,10 +90,10 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
 
     def _observe_latency(self, now: float, gap_s: float, first: bool) -> None:
         if first:
-            metrics.TTFT.labels(**self.labels).observe(gap_s)
+            self._ttft.observe(gap_s)
             self.load.ttft.add(now, gap_s * 1000)
         else:
-            metrics.ITL.labels(**self.labels).observe(gap_s)
+            self._itl.observe(gap_s)
             self.load.itl.add(now, gap_s * 1000)
 
     def _observe_finish(self, chunk, elapsed_s: float) -> None:
