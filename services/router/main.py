@@ -10,7 +10,8 @@ from pathlib import Path
 
 import uvicorn
 
-from basalt import apikeys, bus, deployfile, log as blog, subjects
+from basalt import apikeys, bus, deployfile, subjects
+from basalt import log as blog
 from basalt.config import parse
 from basalt.metrics import serve_metrics
 

@@ -1,7 +1,12 @@
 """KV events survive the trip through protobuf unchanged."""
 
 from basalt.kvevents import (
-    AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatchData, batch_from_proto, batch_to_proto,
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    KvEventBatchData,
+    batch_from_proto,
+    batch_to_proto,
 )
 from basalt.pb import events_pb2
 

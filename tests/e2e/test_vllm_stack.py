@@ -7,7 +7,6 @@ import asyncio
 import time
 from pathlib import Path
 
-import grpc
 import httpx
 import openai
 import pytest
