@@ -61,7 +61,7 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> "NatsServer":
+    def start(self, timeout: float = 10.0) -> NatsServer:
         if self.port == 0:
             self.port = free_port(self.host)
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -69,9 +69,16 @@ class NatsServer:
             nats_server_binary(), "-js", "-a", self.host, "-p", str(self.port),
             "-sd", str(self.store_dir),
         ]
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         # Own session: a terminal's Ctrl-C reaches the parent, which stops the bus last.
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if self.log_file:
+            with open(self.log_file, "ab") as out:  # the child keeps its own copy of the fd
+                self.proc = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+        else:
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+            )
         _wait_for_port(self.host, self.port, timeout, self.proc)
         return self
 

@@ -33,11 +33,11 @@ class Stack:
 
     def start(self, name: str, args: list[str]) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        out = open(self.logs / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
-        )
+        with open(self.logs / f"{name}.log", "ab") as out:  # the child keeps its own fd
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+            )
 
     def wait_file(self, name: str, path: Path, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -98,7 +98,7 @@ async def _wait_ready(nats_url: str, deployment_id: str, timeout: float) -> None
                     rec = events_pb2.ReplicaRecord.FromString((await bucket.get(key)).value)
                     if rec.deployment == deployment_id:
                         states.append(events_pb2.ReplicaState.Name(rec.state)[14:].lower())
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 - NATS or a record not there yet: poll again
                 pass
             if "ready" in states:
                 _progress(f"replica ready after {time.monotonic() - t0:.0f}s\n")

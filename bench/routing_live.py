@@ -59,10 +59,11 @@ class LiveResult:
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", *args], cwd=REPO, stdout=open(log, "ab"),
-        stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    with open(log, "ab") as out:  # the child keeps its own copy of the fd
+        return subprocess.Popen(
+            [sys.executable, "-m", *args], cwd=REPO, stdout=out,
+            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
 
 def _wait_file(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> dict:

@@ -64,6 +64,13 @@ async def _bounded(conc: int, coros: list) -> list[int]:
     return await asyncio.gather(*(run(c) for c in coros))
 
 
+def _spawn_runtime(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start `python -m services.runtime ARGS`, output appended to `log` (setup, before timing)."""
+    with open(log, "ab") as out:  # the child keeps its own copy of the fd
+        return subprocess.Popen([sys.executable, "-m", "services.runtime", *args], cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
 async def _through_grpc(model: Path, prompts: list[list[int]], max_tokens: int, conc: int,
                         workdir: Path) -> Result:
     import grpc
@@ -75,11 +82,11 @@ async def _through_grpc(model: Path, prompts: list[list[int]], max_tokens: int, 
     port = free_port()
     ready = workdir / "ready.json"
     ready.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.runtime", "--engine", "vllm", "--model", str(model),
-         "--grpc-port", str(port), "--nats-url", nats.url, "--ready-file", str(ready),
-         "--max-num-seqs", str(conc), "--replica-id", "bench"],
-        cwd=REPO, stdout=open(workdir / "runtime.log", "ab"), stderr=subprocess.STDOUT,
+    proc = _spawn_runtime(
+        ["--engine", "vllm", "--model", str(model), "--grpc-port", str(port),
+         "--nats-url", nats.url, "--ready-file", str(ready), "--max-num-seqs", str(conc),
+         "--replica-id", "bench"],
+        workdir / "runtime.log",
     )
     try:
         while not ready.exists():

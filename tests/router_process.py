@@ -34,7 +34,7 @@ class RouterProcess:
     def log_path(self) -> Path:
         return self.workdir / f"{self.name}.log"
 
-    def start(self, timeout: float = 30.0) -> "RouterProcess":
+    def start(self, timeout: float = 30.0) -> RouterProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         ready = self.workdir / f"{self.name}.ready.json"
         ready.unlink(missing_ok=True)
@@ -43,9 +43,9 @@ class RouterProcess:
                "--ready-file", str(ready), *self.extra]
         if self.deployments_file:
             cmd += ["--deployments-file", str(self.deployments_file)]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(self.log_path, "ab"),
-                                     stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        with open(self.log_path, "ab") as out:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if self.proc.poll() is not None:

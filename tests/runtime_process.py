@@ -38,14 +38,14 @@ class RuntimeProcess:
     def log_path(self) -> Path:
         return self.workdir / f"{self.replica_id}.log"
 
-    def start(self, timeout: float = 60.0) -> "RuntimeProcess":
+    def start(self, timeout: float = 60.0) -> RuntimeProcess:
         return self.launch().wait_ready(timeout)
 
     @property
     def ready_path(self) -> Path:
         return self.workdir / f"{self.replica_id}.ready.json"
 
-    def launch(self) -> "RuntimeProcess":
+    def launch(self) -> RuntimeProcess:
         """Start the process without waiting (start several, then wait for each)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.grpc_port = self.grpc_port or free_port()
@@ -55,12 +55,12 @@ class RuntimeProcess:
             "--replica-id", self.replica_id, "--grpc-port", str(self.grpc_port),
             "--nats-url", self.nats_url, "--ready-file", str(self.ready_path), *self.extra,
         ]
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        with open(self.log_path, "ab") as out:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
         return self
 
-    def wait_ready(self, timeout: float = 60.0) -> "RuntimeProcess":
+    def wait_ready(self, timeout: float = 60.0) -> RuntimeProcess:
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while not self.ready_path.exists():
