@@ -80,7 +80,7 @@ class KeyVerifier:
             try:
                 entry = await self.bucket.get(key_id)
                 rec = deploy_pb2.ApiKeyRecord.FromString(entry.value) if entry.value else None
-            except Exception:
+            except Exception:  # noqa: BLE001 - unreadable or gone: no such key (fail closed)
                 rec = None
             hit = (now, rec)
             self._cache[key_id] = hit

@@ -31,7 +31,7 @@ def _check(r: httpx.Response) -> dict[str, Any]:
     if r.status_code >= 400:
         try:
             msg = r.json()["error"]["message"]
-        except Exception:
+        except (ValueError, KeyError, TypeError):  # not JSON, or not our error shape
             msg = r.text
         raise CtlError(f"{r.request.method} {r.request.url.path}: {r.status_code} {msg}")
     return r.json()
@@ -72,7 +72,10 @@ def _find_model(c: httpx.Client, deployment_id: str) -> str:
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
+
+    def line(r: list[str]) -> str:
+        return "  ".join(str(x).ljust(w) for x, w in zip(r, widths))
+
     return "\n".join([line(header), *(line(r) for r in rows)])
 
 

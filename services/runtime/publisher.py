@@ -47,7 +47,7 @@ class KvEventPublisher:
         async for events in engine.kv_events():
             try:
                 await self.publish(events)
-            except Exception as e:  # a NATS hiccup must not stop the replica
+            except Exception as e:  # noqa: BLE001 - a NATS hiccup must not stop the replica
                 log.warning("kv_publish_failed", error=str(e), seq=self.seq)
 
     def dump(self) -> tuple[int, list]:
@@ -97,7 +97,7 @@ class LoadReporter:
         while True:
             try:
                 await self.nc.publish(subject, self.report().SerializeToString())
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a NATS hiccup must not stop the reports
                 log.warning("load_report_failed", error=str(e))
             await asyncio.sleep(self.interval)
 
@@ -121,7 +121,7 @@ class Heartbeat:
         while True:
             try:
                 await self.beat()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a NATS hiccup must not stop the heartbeat
                 log.warning("heartbeat_failed", error=str(e))
             await asyncio.sleep(self.interval)
 

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _children_alive(pattern: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True, check=False).stdout
     return [ln for ln in out.splitlines() if "pgrep" not in ln]
 
 
@@ -49,7 +49,8 @@ def test_up_serves_the_default_deployment_and_stops_cleanly(tmp_path: Path, tiny
         curl = next((ln.strip() for ln in lines if ln.strip().startswith("curl ")), None)
         assert curl, f"no curl line printed:\n{text}"
         assert re.search(r"API key:\s+bsk_", text)
-        out = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=60)
+        out = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=60,
+                             check=False)
         assert '"completion_tokens"' in out.stdout, out.stdout + out.stderr
         assert '"content"' in out.stdout
     finally:

@@ -6,6 +6,8 @@ import asyncio
 import time
 
 import grpc
+import nats.errors
+import nats.js.errors
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -76,7 +78,7 @@ async def test_kv_events_on_nats_match_the_prompt(replica: RuntimeProcess, nc) -
     while time.monotonic() < deadline:
         try:
             msg = await sub.next_msg(timeout=0.5)
-        except Exception:
+        except nats.errors.TimeoutError:
             if batches:
                 break
             continue
@@ -101,7 +103,7 @@ async def test_dump_agrees_with_the_event_stream(replica: RuntimeProcess, nc) ->
     while True:
         try:
             msg = await sub.next_msg(timeout=0.2)
-        except Exception:
+        except nats.errors.TimeoutError:
             break
         batch = batch_from_proto(events_pb2.KvEventBatch.FromString(msg.data))
         last_seq = batch.seq
@@ -226,7 +228,7 @@ async def test_sigterm_finishes_in_flight_work_then_deregisters(nats_server: Nat
             assert rest[-1].finish_reason == runtime_pb2.FINISH_REASON_LENGTH
         assert proc.proc.wait(timeout=30) == 0
         bucket = await bus.replicas_bucket(nc)
-        with pytest.raises(Exception):
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
             await bucket.get("sim-drain")
     finally:
         proc.kill()
@@ -243,7 +245,7 @@ async def test_record_of_a_dead_replica_expires(tmp_path) -> None:
         assert (await bucket.get("sim-dies")).value, "record should be kept fresh by heartbeats"
         proc.kill()
         await asyncio.sleep(3.5)
-        with pytest.raises(Exception):
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
             await bucket.get("sim-dies")
         await nc.close()
     finally:
