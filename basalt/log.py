@@ -8,11 +8,12 @@ import sys
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
-_SECRET_KEYS = re.compile(r"(authorization|api[_-]?key|token|secret|password)", re.I)
+_SECRET_KEYS = re.compile(r"(authorization|api[_-]?key|token|secret|password)", re.IGNORECASE)
 
 
-def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     for key in list(event):
         if _SECRET_KEYS.search(key) and key not in ("token_ids", "tokens", "max_tokens"):
             event[key] = "[redacted]"

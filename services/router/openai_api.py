@@ -231,7 +231,10 @@ class _Format:
                 "choices": [choice]}
         return b"data: " + json.dumps(body).encode() + b"\n\n"
 
-    async def sse(self, first, stream, include_usage: bool, prompt_len: int) -> AsyncIterator[bytes]:  # type: ignore[no-untyped-def]
+    async def sse(
+        self, first: runtime_pb2.GenerateResponse,
+        stream: AsyncIterator[runtime_pb2.GenerateResponse], include_usage: bool, prompt_len: int,
+    ) -> AsyncIterator[bytes]:
         last, n, is_first = first, len(first.token_ids), True
         resp = first
         try:
@@ -251,8 +254,10 @@ class _Format:
             yield b"data: [DONE]\n\n"
             return
         if include_usage:
-            body = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                    "created": self.created, "model": self.model, "choices": [],
-                    "usage": self._usage(last, prompt_len, n)}
+            body: dict[str, Any] = {
+                "id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": [],
+                "usage": self._usage(last, prompt_len, n),
+            }
             yield b"data: " + json.dumps(body).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"

@@ -10,7 +10,8 @@ from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
 from basalt import bus, subjects
-from basalt.kvevents import batch_from_proto, stored_from_proto
+from basalt.ids import ReplicaId
+from basalt.kvevents import KvEventBatchData, batch_from_proto, stored_from_proto
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2, runtime_pb2
 
@@ -38,9 +39,9 @@ class StateWatcher:
         self.channels = channels
         self.changed = changed
         self._tasks: list[asyncio.Task] = []
-        self._dumping: set[str] = set()
+        self._dumping: set[ReplicaId] = set()
         # Batches that arrive while a replica's dump is in flight, applied after it.
-        self._held: dict[str, list] = {}
+        self._held: dict[ReplicaId, list[KvEventBatchData]] = {}
         self.synced = asyncio.Event()
 
     async def start(self) -> None:
@@ -73,26 +74,26 @@ class StateWatcher:
                         continue
                     try:
                         handle(entry.key, None if entry.operation in DELETED else entry.value)
-                    except Exception as e:
+                    except Exception as e:  # noqa: BLE001 - one bad entry must not stop the watch
                         log.warning("bad_kv_entry", bucket=bucket._name, key=entry.key, error=str(e))
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - NATS restarting: watch again
                 log.warning("kv_watch_restart", error=str(e))
                 await asyncio.sleep(1.0)
 
     def _on_replica(self, key: str, value: bytes | None) -> None:
         if value is None:
-            self._forget(key)
+            self._forget(ReplicaId(key))
             return
         rec = events_pb2.ReplicaRecord.FromString(value)
         if self.fleet.upsert(rec, time.monotonic()):
             log.info("replica_seen", replica=rec.replica_id, deployment=rec.deployment,
                      state=events_pb2.ReplicaState.Name(rec.state))
-            self._request_dump(rec.replica_id)
+            self._request_dump(ReplicaId(rec.replica_id))
         self.changed()
 
-    def _forget(self, replica_id: str) -> None:
+    def _forget(self, replica_id: ReplicaId) -> None:
         state = self.fleet.get(replica_id)
         if state is not None:
             asyncio.create_task(self.channels.drop(state.record.grpc_address))
@@ -119,7 +120,7 @@ class StateWatcher:
     async def _on_load(self, msg) -> None:
         try:
             self.fleet.update_load(events_pb2.LoadReport.FromString(msg.data), time.monotonic())
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a bad report is dropped, not fatal
             log.warning("bad_load_report", error=str(e))
             return
         self.changed()
@@ -127,24 +128,25 @@ class StateWatcher:
     async def _on_kv(self, msg) -> None:
         try:
             batch = batch_from_proto(events_pb2.KvEventBatch.FromString(msg.data))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a bad batch is dropped, not fatal
             log.warning("bad_kv_batch", subject=msg.subject, error=str(e))
             return
-        if batch.replica_id not in self.fleet:
+        replica_id = ReplicaId(batch.replica_id)
+        if replica_id not in self.fleet:
             return  # not registered (yet): its record's arrival triggers a dump
-        if batch.replica_id in self._dumping:
-            self._held.setdefault(batch.replica_id, []).append(batch)
+        if replica_id in self._dumping:
+            self._held.setdefault(replica_id, []).append(batch)
             return
         result = self.index.apply(batch)
         if result.need_dump:
-            self._request_dump(batch.replica_id)
+            self._request_dump(replica_id)
 
-    def _request_dump(self, replica_id: str) -> None:
+    def _request_dump(self, replica_id: ReplicaId) -> None:
         if replica_id not in self._dumping:
             self._dumping.add(replica_id)
             asyncio.create_task(self._dump(replica_id))
 
-    async def _dump(self, replica_id: str) -> None:
+    async def _dump(self, replica_id: ReplicaId) -> None:
         try:
             state = self.fleet.get(replica_id)
             if state is None or not state.record.grpc_address:
@@ -156,7 +158,7 @@ class StateWatcher:
             )
             metrics.KV_DUMPS.inc()
             log.info("kv_dump_applied", replica=replica_id, blocks=len(dump.blocks), seq=dump.seq)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the next gap or record asks again
             log.warning("kv_dump_failed", replica=replica_id, error=str(e))
         finally:
             self._dumping.discard(replica_id)
@@ -167,6 +169,6 @@ class StateWatcher:
         while True:
             await asyncio.sleep(1.0)
             for rid in self.fleet.expire(time.monotonic()):
-                self.index.remove_replica(rid)
+                self.index.remove_replica(ReplicaId(rid))
                 log.info("replica_expired", replica=rid)
                 self.changed()

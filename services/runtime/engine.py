@@ -7,7 +7,7 @@ to engines only through `Engine`; adding an engine means implementing this proto
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -100,9 +100,9 @@ class Engine(Protocol):
         """Load the model; return what the replica record advertises."""
         ...
 
-    def generate(self, req: GenerateInput) -> AsyncIterator[GenerateChunk]:
+    def generate(self, req: GenerateInput) -> AsyncGenerator[GenerateChunk, None]:
         """Stream chunks. Raises InvalidRequest before the first chunk for bad input.
-        Cancelling the iterator (client gone) must abort the sequence and free its blocks."""
+        Closing the generator (client gone) must abort the sequence and free its blocks."""
         ...
 
     async def abort(self, request_id: str) -> bool:
@@ -123,7 +123,7 @@ class Engine(Protocol):
 
     async def unload_lora(self, name: str) -> None: ...
 
-    def predict(self, payload: Any) -> AsyncIterator[Any]:
+    def predict(self, payload: Any) -> AsyncGenerator[Any, None]:
         """Truss-style predict; LLM engines raise NotSupported."""
         ...
 

@@ -35,7 +35,7 @@ def make_engine(settings: RuntimeSettings, tokenizer: Any) -> Engine:
     if settings.engine is EngineKind.SIM:
         from .sim.engine import SimConfig, SimEngine
 
-        cfg = SimConfig(
+        sim_config = SimConfig(
             model_name=name,
             block_size=settings.block_size or 16,
             num_blocks=settings.sim_num_blocks,
@@ -45,11 +45,11 @@ def make_engine(settings: RuntimeSettings, tokenizer: Any) -> Engine:
             seed=settings.sim_seed,
             vocab_size=tokenizer.vocab_size,
         )
-        return SimEngine(cfg, decode=tokenizer.decode)
+        return SimEngine(sim_config, decode=tokenizer.decode)
     if settings.engine is EngineKind.VLLM:
         from .engines.vllm import VllmConfig, VllmEngine
 
-        cfg = VllmConfig(
+        vllm_config = VllmConfig(
             model=settings.model,
             served_model_name=name,
             max_model_len=settings.max_model_len,
@@ -58,8 +58,8 @@ def make_engine(settings: RuntimeSettings, tokenizer: Any) -> Engine:
             kv_cache_bytes=settings.kv_cache_bytes,
         )
         if settings.block_size:
-            cfg.block_size = settings.block_size
-        return VllmEngine(cfg)
+            vllm_config.block_size = settings.block_size
+        return VllmEngine(vllm_config)
     if settings.engine is EngineKind.PYTHON:
         from .engines.python_model import PythonModelEngine
 

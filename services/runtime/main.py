@@ -13,13 +13,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from basalt import bus, log as blog
+from basalt import bus
+from basalt import log as blog
 from basalt.config import parse
 from basalt.metrics import serve_metrics
 from basalt.pb import events_pb2, kserve_pb2, kserve_pb2_grpc, runtime_pb2, runtime_pb2_grpc
 
 from . import metrics
 from .config import RuntimeSettings
+from .engine import EngineInfo
 from .factory import make_engine, make_tokenizer, model_name
 from .kserve import KServeServicer
 from .publisher import Heartbeat, KvEventPublisher, LoadReporter
@@ -46,7 +48,7 @@ class Replica:
         self.tokenizer = make_tokenizer(settings)
         self.engine = make_engine(settings, self.tokenizer)
         self.state = events_pb2.REPLICA_STATE_LOADING
-        self.info = None
+        self.info: EngineInfo | None = None  # set once the engine has started
         self.grpc_address = ""
         self.metrics_address = ""
         self.tasks: list[asyncio.Task] = []
@@ -118,6 +120,7 @@ class Replica:
         for name in ("", *SERVICE_NAMES[:2]):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._write_ready_file()
+        assert self.info is not None  # _load returned True: the engine started
         log.info("replica_ready", replica_id=self.replica_id, grpc=self.grpc_address,
                  kv_blocks=self.info.kv_blocks_total, block_size=self.info.kv_block_size)
 
@@ -151,12 +154,12 @@ class Replica:
             task.cancel()
         try:
             await self.engine.shutdown()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - shut down the rest regardless
             log.warning("engine_shutdown_failed", error=str(e))
         try:  # NATS may already be gone (a whole stack stopping): do not hang on it
             await asyncio.wait_for(heartbeat.deregister(self.replica_id), timeout=3)
             await asyncio.wait_for(nc.drain(), timeout=3)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - NATS gone or slow: stop anyway
             log.warning("deregister_failed", error=str(e) or type(e).__name__)
         log.info("replica_stopped", replica_id=self.replica_id)
 
@@ -193,7 +196,7 @@ class Replica:
         await health_servicer.enter_graceful_shutdown()
         try:
             await heartbeat.beat()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - NATS away: drain anyway
             log.warning("drain_heartbeat_failed", error=str(e))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.drain_timeout

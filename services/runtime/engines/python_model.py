@@ -283,7 +283,7 @@ class PythonModelEngine:
         except (TypeError, ValueError) as e:
             raise ModelOutputNotJson(self.model_name, type(item).__name__, str(e)) from e
 
-    async def predict(self, payload: Any) -> AsyncIterator[Any]:
+    async def predict(self, payload: Any) -> AsyncGenerator[Any, None]:
         """preprocess -> predict -> postprocess; one item for a plain return, many for a stream.
 
         `payload` is a parsed JSON value, or bytes holding a JSON document.
@@ -358,7 +358,7 @@ class PythonModelEngine:
             raise NotSupported(f"model {self.model_name!r} is not loaded yet")
         return self._model
 
-    async def generate(self, req: GenerateInput) -> AsyncIterator[GenerateChunk]:
+    async def generate(self, req: GenerateInput) -> AsyncGenerator[GenerateChunk, None]:
         raise NotSupported(
             f"model {self.model_name!r} is a python model: use Predict (or KServe with JSON "
             "inputs), not Generate"

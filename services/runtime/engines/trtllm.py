@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,7 +255,7 @@ class TrtllmEngine:
             raise NotSupported("the trtllm engine is not started")
         return self._llm
 
-    async def generate(self, req: GenerateInput) -> AsyncIterator[GenerateChunk]:
+    async def generate(self, req: GenerateInput) -> AsyncGenerator[GenerateChunk, None]:
         llm = self._require_llm()
         req.sampling.validate()
         prompt_len = len(req.prompt_token_ids)
@@ -368,7 +368,7 @@ class TrtllmEngine:
             raise UnknownLora(name, list(self._loras))
         self._lora_ids.pop(request.lora_int_id, None)
 
-    async def predict(self, payload: Any) -> AsyncIterator[Any]:
+    async def predict(self, payload: Any) -> AsyncGenerator[Any, None]:
         raise NotSupported("the trtllm engine serves Generate, not Predict")
         yield  # pragma: no cover  (makes this an async generator)
 

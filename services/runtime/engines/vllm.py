@@ -293,7 +293,7 @@ class VllmEngine:
 
     # -- generation --
 
-    async def generate(self, req: GenerateInput) -> AsyncIterator[GenerateChunk]:
+    async def generate(self, req: GenerateInput) -> AsyncGenerator[GenerateChunk, None]:
         """Stream chunks; InvalidRequest (and subclasses) come before the first chunk."""
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
@@ -329,7 +329,7 @@ class VllmEngine:
         await self._llm.abort(request_id)
         return True
 
-    def predict(self, payload: Any) -> AsyncIterator[Any]:
+    def predict(self, payload: Any) -> AsyncGenerator[Any, None]:
         raise NotSupported("the vllm engine serves generate(), not predict()")
 
     # -- state --

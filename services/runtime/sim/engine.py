@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from basalt.ids import RequestId
@@ -164,7 +164,7 @@ class SimEngine:
         if req.request_id in self._streams:
             raise DuplicateRequest(req.request_id)
 
-    async def generate(self, req: GenerateInput) -> AsyncIterator[GenerateChunk]:
+    async def generate(self, req: GenerateInput) -> AsyncGenerator[GenerateChunk, None]:
         """Stream chunks. Bad input raises InvalidRequest (or a subclass) on the first
         iteration, before any chunk and before the request reaches the core."""
         self._validate(req)
@@ -257,7 +257,7 @@ class SimEngine:
             raise UnknownLora(name, sorted(self._loras))
         self._loras.discard(name)
 
-    def predict(self, payload: Any) -> AsyncIterator[Any]:
+    def predict(self, payload: Any) -> AsyncGenerator[Any, None]:
         raise NotSupported(
             "the sim engine simulates an LLM: Predict is not supported, use Generate"
         )
