@@ -30,52 +30,16 @@ start at seq 0 in a new epoch), so an adapter whose dump call failed tries again
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 from basalt.ids import ReplicaId
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatchData
 
 from .hashing import BlockHasher, HasherFactory, chain_bytes, default_hasher, tokens_to_bytes
+from .index_records import ApplyTally, IndexCounters, IndexedReplica, memory_estimate
 from .types import ApplyResult, IndexStats, OwnBlockHash
 
 __all__ = ["ApplyResult", "IndexStats", "PrefixIndex"]
-
-
-@dataclass(slots=True)
-class _Replica:
-    slot: int
-    bit: int
-    epoch: str
-    last_seq: int
-    floor_seq: int = -1
-    dump_pending: bool = False
-    # Held blocks whose parent this replica does not hold; 0 = prefix-closed.
-    orphans: int = 0
-    # engine hash (EngineBlockHash) -> own hash.
-    engine_to_own: dict[int, OwnBlockHash] = field(default_factory=dict)
-    # own hash -> how many engine hashes beyond the first map to it on this replica.
-    dups: dict[OwnBlockHash, int] = field(default_factory=dict)
-    # own hash -> how many blocks this replica holds whose parent it is (entries > 0 only).
-    kids: dict[OwnBlockHash, int] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Counters:
-    skipped_blocks: int = 0
-    skipped_events: int = 0
-    unknown_removals: int = 0
-    stale_batches: int = 0
-    resets: int = 0
-    dumps_requested: int = 0
-
-
-@dataclass(slots=True)
-class _Tally:
-    stored: int = 0
-    removed: int = 0
-    skipped: int = 0
 
 
 class PrefixIndex:
@@ -101,13 +65,13 @@ class PrefixIndex:
         self._parent: dict[OwnBlockHash, OwnBlockHash] = {}
         # Slots of replicas that are not prefix-closed (orphans > 0).
         self._open = 0
-        self._replicas: dict[ReplicaId, _Replica] = {}
+        self._replicas: dict[ReplicaId, IndexedReplica] = {}
         self._slot_ids: list[ReplicaId | None] = []
         # slot -> its one-bit mask; the same int object every one-bit mask in _masks uses.
         self._slot_bits: list[int] = []
         self._free_slots: list[int] = []
         self._entries = 0
-        self._n = _Counters()
+        self._n = IndexCounters()
 
     @property
     def hasher(self) -> BlockHasher:
@@ -144,7 +108,7 @@ class PrefixIndex:
         if need_dump and not rep.dump_pending:
             self._n.dumps_requested += 1
             rep.dump_pending = True
-        tally = _Tally()
+        tally = ApplyTally()
         for event in batch.events:
             if isinstance(event, BlockStored):
                 self._store(rep, event, tally)
@@ -168,7 +132,7 @@ class PrefixIndex:
         rep.last_seq = seq
         rep.floor_seq = seq
         rep.dump_pending = False
-        tally = _Tally()
+        tally = ApplyTally()
         for event in blocks:
             self._store(rep, event, tally)
         return ApplyResult(False, True, False, tally.stored, 0, tally.skipped)
@@ -256,7 +220,7 @@ class PrefixIndex:
             resets=n.resets,
             dumps_requested=n.dumps_requested,
             open_replicas=self._open.bit_count(),
-            memory_bytes=self._memory_estimate(),
+            memory_bytes=memory_estimate(self._masks, self._parent, self._replicas.values()),
         )
 
     # -- internals -------------------------------------------------------------------------
@@ -276,7 +240,7 @@ class PrefixIndex:
             return mask
         return self._slot_bits[mask.bit_length() - 1]
 
-    def _add_replica(self, rid: ReplicaId, epoch: str, seq: int) -> _Replica:
+    def _add_replica(self, rid: ReplicaId, epoch: str, seq: int) -> IndexedReplica:
         if self._free_slots:
             slot = self._free_slots.pop()
             self._slot_ids[slot] = rid
@@ -284,16 +248,16 @@ class PrefixIndex:
             slot = len(self._slot_ids)
             self._slot_ids.append(rid)
             self._slot_bits.append(1 << slot)
-        rep = _Replica(slot=slot, bit=self._slot_bits[slot], epoch=epoch, last_seq=seq)
+        rep = IndexedReplica(slot=slot, bit=self._slot_bits[slot], epoch=epoch, last_seq=seq)
         self._replicas[rid] = rep
         return rep
 
-    def _reset(self, rep: _Replica, epoch: str) -> None:
+    def _reset(self, rep: IndexedReplica, epoch: str) -> None:
         self._clear(rep)
         rep.epoch = epoch
         rep.floor_seq = -1
 
-    def _store(self, rep: _Replica, event: BlockStored, tally: _Tally) -> None:
+    def _store(self, rep: IndexedReplica, event: BlockStored, tally: ApplyTally) -> None:
         engine_hashes = event.block_hashes
         parent: OwnBlockHash | None = None
         if event.parent_block_hash is not None:
@@ -313,14 +277,14 @@ class PrefixIndex:
         self._insert(rep, engine_hashes, owns, parent)
         tally.stored += n
 
-    def _skip(self, blocks: int, tally: _Tally) -> None:
+    def _skip(self, blocks: int, tally: ApplyTally) -> None:
         tally.skipped += blocks
         self._n.skipped_blocks += blocks
         self._n.skipped_events += 1
 
     def _insert(
         self,
-        rep: _Replica,
+        rep: IndexedReplica,
         engine_hashes: Sequence[int],
         owns: Sequence[OwnBlockHash],
         parent: OwnBlockHash | None,
@@ -353,7 +317,7 @@ class PrefixIndex:
             parent = oh
         self._entries += added
 
-    def _remove(self, rep: _Replica, engine_hashes: Sequence[int], tally: _Tally) -> None:
+    def _remove(self, rep: IndexedReplica, engine_hashes: Sequence[int], tally: ApplyTally) -> None:
         e2o = rep.engine_to_own
         for eh in engine_hashes:
             oh = e2o.pop(eh, None)
@@ -364,7 +328,7 @@ class PrefixIndex:
             self._entries -= 1
             tally.removed += 1
 
-    def _drop_own(self, rep: _Replica, oh: OwnBlockHash) -> None:
+    def _drop_own(self, rep: IndexedReplica, oh: OwnBlockHash) -> None:
         """`rep` holds `oh` under one engine hash fewer; releases it at the last."""
         extra = rep.dups.get(oh)
         if extra:
@@ -392,7 +356,7 @@ class PrefixIndex:
             self._parent.pop(oh, None)
         self._set_orphans(rep, orphans)
 
-    def _set_orphans(self, rep: _Replica, orphans: int) -> None:
+    def _set_orphans(self, rep: IndexedReplica, orphans: int) -> None:
         assert orphans >= 0, "orphan count went negative"
         rep.orphans = orphans
         if orphans:
@@ -400,7 +364,7 @@ class PrefixIndex:
         else:
             self._open &= ~rep.bit
 
-    def _clear(self, rep: _Replica) -> None:
+    def _clear(self, rep: IndexedReplica) -> None:
         masks, parents = self._masks, self._parent
         keep = ~rep.bit
         canonical = self._canonical
@@ -416,15 +380,3 @@ class PrefixIndex:
         rep.dups.clear()
         rep.kids.clear()
         self._set_orphans(rep, 0)
-
-    def _memory_estimate(self) -> int:
-        """Dict tables plus int objects (keys, multi-bit masks, engine hashes, own hashes);
-        O(distinct blocks): call it at metrics cadence, not per request."""
-        int_size = sys.getsizeof(1 << 63)
-        shared = len(self._masks) - sum(1 for m in self._masks.values() if m & (m - 1))
-        total = sys.getsizeof(self._masks) + (2 * len(self._masks) - shared) * int_size
-        total += sys.getsizeof(self._parent)
-        for rep in self._replicas.values():
-            total += sys.getsizeof(rep.engine_to_own) + sys.getsizeof(rep.dups)
-            total += sys.getsizeof(rep.kids) + len(rep.engine_to_own) * 2 * int_size
-        return total
