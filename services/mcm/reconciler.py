@@ -35,7 +35,7 @@ from basalt.pb import deploy_pb2, events_pb2
 
 from .blocklist import Blocklist
 from .errors import PlacementError, ProviderError
-from .inventory import Cluster, ClusterName, DeploymentId, units_for
+from .inventory import Cluster, ClusterName, DeploymentId
 from .placement import NO_LATENCY, Requirement
 from .providers.base import LaunchHandle, LaunchRequest, Provider
 from .reconcile import (
@@ -49,6 +49,7 @@ from .reconcile import (
     plan,
     view_from_record,
 )
+from .status import StartFailure, cluster_rows, status_doc
 from .store import Store
 
 log = get_logger(__name__)
@@ -62,15 +63,6 @@ class ReconcilerSettings:
     stale_after_s: float = 6.0
     backoff_base_s: float = 2.0
     backoff_max_s: float = 60.0
-
-
-@dataclass(slots=True, frozen=True)
-class StartFailure:
-    """Replicas of a deployment that exited before they were ready, and when to try again."""
-
-    count: int
-    retry_at: float
-    last_error: str
 
 
 def target_of(rec: deploy_pb2.DeploymentRecord) -> Target:
@@ -378,33 +370,11 @@ class Reconciler:
     def cluster_status(self) -> list[dict[str, Any]]:
         """Each cluster as the deployments API shows it (GET /v1/clusters)."""
         now = self._clock()
-        used: dict[str, int] = {}
-        for h in self._listed.values():
-            used[h.cluster] = used.get(h.cluster, 0) + units_for(h.accelerator_count)
-        out = []
-        for c in self.provider.clusters():
-            block = self.blocklist.blocking(c, now)
-            out.append({
-                "name": c.name, "provider": self.provider.name, "cloud": c.cloud,
-                "region": c.region, "zone": c.zone, "accelerator": c.accelerator or "CPU",
-                "capacity": c.gpus_total, "used": used.get(c.name, 0), "up": c.up,
-                "price_per_hour": c.price_per_gpu_hour,
-                "blocked": None if block is None else {
-                    "scope": block.scope.value, "key": block.key, "until": block.until,
-                    "reason": block.reason},
-            })
-        return out
+        return cluster_rows(self.provider.name, self.provider.clusters(), self._listed.values(),
+                            self.blocklist, now)
 
     def status(self) -> dict[str, Any]:
         """Clusters, active blocks, unplaced deployments and start failures, as JSON."""
         now = self._clock()
-        return {
-            "owner": self.owner, "provider": self.provider.name,
-            "clusters": self.cluster_status(),
-            "blocks": [{"scope": b.scope.value, "key": b.key, "until": b.until,
-                        "reason": b.reason} for b in self.blocklist.active(now)],
-            "unplaced": {d: str(e) for d, e in sorted(self.unplaced.items())},
-            "start_failures": {d: {"count": f.count, "retry_at": f.retry_at,
-                                   "last_error": f.last_error}
-                               for d, f in sorted(self.failures.items())},
-        }
+        return status_doc(self.owner, self.provider.name, self.cluster_status(), self.blocklist,
+                          self.unplaced, self.failures, now)

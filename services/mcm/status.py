@@ -1,0 +1,61 @@
+"""What the control plane reports about itself: clusters with their usage and blocks, active
+blocks, unplaced deployments and start failures, as the deployments API shows them (pure, no
+I/O; the reconciler passes in its state and the time)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .blocklist import Blocklist
+from .errors import PlacementError
+from .inventory import Cluster, DeploymentId, units_for
+from .providers.base import LaunchHandle
+
+
+@dataclass(slots=True, frozen=True)
+class StartFailure:
+    """Replicas of a deployment that exited before they were ready, and when to try again."""
+
+    count: int
+    retry_at: float
+    last_error: str
+
+
+def cluster_rows(provider: str, clusters: Iterable[Cluster], listed: Iterable[LaunchHandle],
+                 blocklist: Blocklist, now: float) -> list[dict[str, Any]]:
+    """Each cluster as the deployments API shows it (GET /v1/clusters); `listed` are the
+    replicas the provider runs, counted against each cluster's capacity."""
+    used: dict[str, int] = {}
+    for h in listed:
+        used[h.cluster] = used.get(h.cluster, 0) + units_for(h.accelerator_count)
+    out = []
+    for c in clusters:
+        block = blocklist.blocking(c, now)
+        out.append({
+            "name": c.name, "provider": provider, "cloud": c.cloud,
+            "region": c.region, "zone": c.zone, "accelerator": c.accelerator or "CPU",
+            "capacity": c.gpus_total, "used": used.get(c.name, 0), "up": c.up,
+            "price_per_hour": c.price_per_gpu_hour,
+            "blocked": None if block is None else {
+                "scope": block.scope.value, "key": block.key, "until": block.until,
+                "reason": block.reason},
+        })
+    return out
+
+
+def status_doc(owner: str, provider: str, clusters: list[dict[str, Any]], blocklist: Blocklist,
+               unplaced: Mapping[DeploymentId, PlacementError],
+               failures: Mapping[DeploymentId, StartFailure], now: float) -> dict[str, Any]:
+    """Clusters, active blocks, unplaced deployments and start failures, as JSON."""
+    return {
+        "owner": owner, "provider": provider,
+        "clusters": clusters,
+        "blocks": [{"scope": b.scope.value, "key": b.key, "until": b.until,
+                    "reason": b.reason} for b in blocklist.active(now)],
+        "unplaced": {d: str(e) for d, e in sorted(unplaced.items())},
+        "start_failures": {d: {"count": f.count, "retry_at": f.retry_at,
+                               "last_error": f.last_error}
+                           for d, f in sorted(failures.items())},
+    }
