@@ -1,4 +1,5 @@
-"""Errors the router answers with; each knows its HTTP status, gRPC code and OpenAI type (no I/O)."""
+"""Errors the router answers with, each knowing its HTTP status, gRPC code and OpenAI type; and
+the pure core's configuration errors, each carrying the value it refused (no I/O)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,24 @@ class ReplicaFailed(RouterError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
     type = "replica_error"
     code = "replica_failed"
+
+
+# ---- the pure core's configuration errors (raised at start, never answered with) ---------
+
+
+class InvalidBlockSize(ValueError):
+    """A block size that is not a positive integer."""
+
+    def __init__(self, block_size: int) -> None:
+        super().__init__(f"block_size must be a positive integer, got {block_size!r}")
+        self.block_size = block_size
+
+
+class InvalidPolicyConfig(ValueError):
+    """A policy setting out of its range; names the field, the value and the rule."""
+
+    def __init__(self, field_name: str, value: object, rule: str) -> None:
+        super().__init__(f"policy config {field_name}={value!r}: {rule}")
+        self.field_name = field_name
+        self.value = value
+        self.rule = rule

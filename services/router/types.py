@@ -1,5 +1,5 @@
 """Shared types of the router's pure core: hashes, request and replica views, policy config,
-decisions, index results, and the core's errors (no I/O).
+decisions and index results (no I/O). The core's errors are in errors.py, re-exported here.
 
 Every cost in a `CostBreakdown` is in KV blocks, as in Dynamo's KV router: one block of
 prefill, one block of decode load, and the configured block-equivalents of a LoRA load and of
@@ -16,26 +16,10 @@ from typing import NewType
 
 from basalt.ids import ReplicaId
 
+from .errors import InvalidBlockSize, InvalidPolicyConfig  # noqa: F401 - InvalidBlockSize re-exported
+
 # The router's own chained hash of one full block (64-bit), independent of any engine's hash.
 OwnBlockHash = NewType("OwnBlockHash", int)
-
-
-class InvalidBlockSize(ValueError):
-    """A block size that is not a positive integer."""
-
-    def __init__(self, block_size: int) -> None:
-        super().__init__(f"block_size must be a positive integer, got {block_size!r}")
-        self.block_size = block_size
-
-
-class InvalidPolicyConfig(ValueError):
-    """A policy setting out of its range; names the field, the value and the rule."""
-
-    def __init__(self, field_name: str, value: object, rule: str) -> None:
-        super().__init__(f"policy config {field_name}={value!r}: {rule}")
-        self.field_name = field_name
-        self.value = value
-        self.rule = rule
 
 
 class PolicyKind(Enum):
