@@ -35,3 +35,28 @@ class NotSupported(InvalidRequest):
 
 class Draining(RuntimeServiceError):
     """The replica is shutting down and takes no new work (maps to UNAVAILABLE)."""
+
+
+class UnknownModel(RuntimeServiceError):
+    """The request names a model this replica does not serve (maps to NOT_FOUND)."""
+
+    def __init__(self, name: str, served: str) -> None:
+        self.name = name
+        self.served = served
+        super().__init__(f"Request for unknown model: '{name}' is not found (serving '{served}')")
+
+
+class NotReady(RuntimeServiceError):
+    """The replica is loading or draining (maps to UNAVAILABLE)."""
+
+
+class TensorRtLlmMissing(RuntimeServiceError):
+    """The trtllm engine was asked to start where the tensorrt_llm package cannot be imported."""
+
+    def __init__(self, package: str, cause: str) -> None:
+        self.package = package
+        self.cause = cause
+        super().__init__(
+            f"the trtllm engine needs the {package!r} Python package (pip install tensorrt-llm, "
+            f"on a CUDA host); importing it failed: {cause}"
+        )

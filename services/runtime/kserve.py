@@ -24,26 +24,19 @@ from basalt.pb import kserve_pb2_grpc
 
 from .convert import sampling_from_proto
 from .engine import Engine, GenerateInput
-from .errors import Draining, InvalidRequest, RuntimeServiceError
+from .errors import (  # UnknownModel and NotReady are re-exported: they were defined here
+    Draining,
+    InvalidRequest,
+    NotReady,
+    RuntimeServiceError,
+    UnknownModel,
+)
 
 log = get_logger(__name__)
 
 
 class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
-
-
-class UnknownModel(RuntimeServiceError):
-    """The request names a model this replica does not serve (maps to NOT_FOUND)."""
-
-    def __init__(self, name: str, served: str) -> None:
-        self.name = name
-        self.served = served
-        super().__init__(f"Request for unknown model: '{name}' is not found (serving '{served}')")
-
-
-class NotReady(RuntimeServiceError):
-    """The replica is loading or draining (maps to UNAVAILABLE)."""
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

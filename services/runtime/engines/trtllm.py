@@ -37,21 +37,15 @@ from ..engine import (
     SamplingParams,
     Usage,
 )
-from ..errors import InvalidRequest, NotSupported, PromptTooLong, RuntimeServiceError, UnknownLora
+from ..errors import (  # TensorRtLlmMissing is re-exported: it was defined here
+    InvalidRequest,
+    NotSupported,
+    PromptTooLong,
+    TensorRtLlmMissing,
+    UnknownLora,
+)
 
 log = get_logger(__name__)
-
-
-class TensorRtLlmMissing(RuntimeServiceError):
-    """The trtllm engine was asked to start where the tensorrt_llm package cannot be imported."""
-
-    def __init__(self, package: str, cause: str) -> None:
-        self.package = package
-        self.cause = cause
-        super().__init__(
-            f"the trtllm engine needs the {package!r} Python package (pip install tensorrt-llm, "
-            f"on a CUDA host); importing it failed: {cause}"
-        )
 
 
 @dataclass(slots=True)
