@@ -25,14 +25,17 @@ KV_BYTES = 8 * 2**20  # a small cache (a few hundred 32-token blocks) so evictio
 @pytest.fixture(scope="module")
 def stack(nats_server: NatsServer, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("vllm-stack")
+    lora = tiny_model / "lora" / "tiny-lora"
     deps = write_deployments(tmp / "d.yaml", [{
-        "id": "tiny-v1", "model": "tiny", "engine": "vllm", "model_path": str(tiny_model)}])
+        "id": "tiny-v1", "model": "tiny", "engine": "vllm", "model_path": str(tiny_model),
+        "loras": [{"name": "tiny-lora", "path": str(lora)}]}])
     replicas = [
         RuntimeProcess(nats_server.url, tmp, engine="vllm", replica_id=rid,
                        extra=["--deployment", "tiny-v1", "--model", str(tiny_model),
                               "--model-name", "tiny", "--kv-cache-bytes", str(KV_BYTES),
-                              "--max-model-len", "2048", "--load-report-interval", "0.5"]).launch()
-        for rid in ("vllm-a", "vllm-b")
+                              "--max-model-len", "2048", "--load-report-interval", "0.5",
+                              *extra]).launch()
+        for rid, extra in (("vllm-a", ["--lora-modules", f"tiny-lora={lora}"]), ("vllm-b", []))
     ]
     router = RouterProcess(nats_server.url, tmp, deps, name="router-vllm")
     try:
@@ -133,3 +136,19 @@ def test_openai_stream_through_the_router(stack) -> None:
         stream=True, stream_options={"include_usage": True}))
     assert chunks[-1].usage.completion_tokens >= 1
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+async def test_lora_adapter_is_in_the_record_and_requests_for_it_go_where_it_is_loaded(stack, nc) -> None:
+    from basalt import bus
+
+    router, _ = stack
+    bucket = await bus.replicas_bucket(nc)
+    rec_a = events_pb2.ReplicaRecord.FromString((await bucket.get("vllm-a")).value)
+    rec_b = events_pb2.ReplicaRecord.FromString((await bucket.get("vllm-b")).value)
+    assert list(rec_a.lora_adapters) == ["tiny-lora"] and not rec_b.lora_adapters
+    async with httpx.AsyncClient(base_url=router.base_url, timeout=120) as c:
+        for i in range(3):
+            r = await c.post("/v1/completions", json={
+                "model": "tiny-lora", "prompt": f"adapter request {i}", "max_tokens": 3})
+            assert r.status_code == 200, r.text
+            assert r.headers["x-basalt-replica"] == "vllm-a"
