@@ -250,3 +250,15 @@ async def test_record_of_a_dead_replica_expires(tmp_path) -> None:
         await nc.close()
     finally:
         server.stop()
+
+
+async def test_metrics_endpoint_reports_vllm_style_series(replica: RuntimeProcess, nc) -> None:
+    await _generate(replica.address, _request(_prompt(10, 20), max_tokens=4))
+    bucket = await bus.replicas_bucket(nc)
+    rec = events_pb2.ReplicaRecord.FromString((await bucket.get("sim-a")).value)
+    import httpx
+
+    async with httpx.AsyncClient() as c:
+        text = (await c.get(f"http://{rec.metrics_address}/metrics")).text
+    assert 'basalt:time_to_first_token_seconds_count{model="sim-model",replica="sim-a"}' in text
+    assert "basalt:kv_cache_usage_perc" in text and "basalt:generation_tokens_total" in text
