@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ from typing import TypeVar
 from basalt.deployfile import Deployment
 from basalt.natsserver import free_port
 from basalt.pb import deploy_pb2, events_pb2
+from tests.service_process import ServiceProcess
 
-REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 # A sim-engine replica that starts in about two seconds and heartbeats often.
@@ -88,7 +87,7 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float,
 
 
 @dataclass
-class McmProcess:
+class McmProcess(ServiceProcess):
     """`python -m services.mcm ...` with its own state dir, ready file and log file."""
 
     nats_url: str
@@ -111,20 +110,11 @@ class McmProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         ready = self.workdir / f"{self.name}.ready.json"
         ready.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "services.mcm", "--nats-url", self.nats_url,
-               "--http-port", str(free_port()), "--state-dir", str(self.state_dir),
-               "--ready-file", str(ready), *self.extra]
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mcm exited {self.proc.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"mcm not ready in {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.05)
+        self._spawn("services.mcm", [
+            "--nats-url", self.nats_url, "--http-port", str(free_port()),
+            "--state-dir", str(self.state_dir), "--ready-file", str(ready), *self.extra,
+        ])
+        self._wait_for(ready, timeout, "mcm", poll_s=0.05)
         info = json.loads(ready.read_text())
         self.http_port, self.owner = info["http_port"], info["owner"]
         return self
@@ -133,17 +123,3 @@ class McmProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM and wait for the exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown at all (a crashed control plane)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from basalt.natsserver import free_port
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.service_process import ServiceProcess
 
 
 @dataclass
-class RouterProcess:
+class RouterProcess(ServiceProcess):
     nats_url: str
     workdir: Path
     deployments_file: Path | None = None
@@ -38,30 +34,18 @@ class RouterProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         ready = self.workdir / f"{self.name}.ready.json"
         ready.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "services.router", "--nats-url", self.nats_url,
-               "--http-port", str(free_port()), "--grpc-port", str(free_port()),
-               "--ready-file", str(ready), *self.extra]
+        args = ["--nats-url", self.nats_url, "--http-port", str(free_port()),
+                "--grpc-port", str(free_port()), "--ready-file", str(ready), *self.extra]
         if self.deployments_file:
-            cmd += ["--deployments-file", str(self.deployments_file)]
-        with open(self.log_path, "ab") as out:  # the child keeps its own copy of the fd
-            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"router exited {self.proc.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"router not ready in {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.1)
+            args += ["--deployments-file", str(self.deployments_file)]
+        self._spawn("services.router", args)
+        self._wait_for(ready, timeout, "router")
         ports = json.loads(ready.read_text())
         self.http_port, self.grpc_port = ports["http_port"], ports["grpc_port"]
         return self
 
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
-
     def kill(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 10 s."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
