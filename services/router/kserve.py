@@ -16,8 +16,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from basalt import kserve_codec as codec
 from basalt.apikeys import KeyVerifier, key_from_header
 from basalt.kserve_codec import InvalidInput, Response
+from basalt.kserve_server import closing_stream, interleave, log_failure
 from basalt.log import get_logger
 from basalt.pb import kserve_pb2 as pb
 from basalt.pb import kserve_pb2_grpc, runtime_pb2
@@ -52,22 +53,6 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, InvalidInput):
         return grpc.StatusCode.INVALID_ARGUMENT, exc.message
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-
-
-def _log_failure(request_id: str, code: grpc.StatusCode, message: str) -> None:
-    level = log.warning if code is grpc.StatusCode.INTERNAL else log.info
-    level("kserve_request_failed", id=request_id, code=code.name, error=message)
-
-
-@asynccontextmanager
-async def _closing(items: AsyncIterator[Any]) -> AsyncIterator[AsyncIterator[Any]]:
-    """Close the dispatcher's stream when we stop reading it (the replica call is cancelled)."""
-    try:
-        yield items
-    finally:
-        aclose = getattr(items, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 def with_lora(route: Route, lora_name: str | None) -> Route:
@@ -143,7 +128,7 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         except Exception as e:  # noqa: BLE001  (every failure becomes a gRPC status)
             failure = e
         code, message = status_for(failure)
-        _log_failure(ctx.request_id, code, message)
+        log_failure(ctx.request_id, code, message)
         await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
@@ -151,28 +136,15 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests on one stream run concurrently; their responses interleave, keyed by id."""
-        queue: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
 
-        async def read() -> None:
-            try:
-                async for req in request_iterator:
-                    one = self._stream_one(req, self._context(context), queue.put_nowait)
-                    task = asyncio.create_task(one)
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                while tasks:
-                    await asyncio.wait(set(tasks))
-            finally:
-                queue.put_nowait(None)
+        def handle(
+            req: pb.ModelInferRequest, emit: Callable[[pb.ModelStreamInferResponse], None]
+        ) -> Coroutine[Any, Any, None]:
+            return self._stream_one(req, self._context(context), emit)
 
-        reader = asyncio.create_task(read())
-        try:
-            while (resp := await queue.get()) is not None:
+        async with aclosing(interleave(request_iterator, handle)) as responses:
+            async for resp in responses:
                 yield resp
-        finally:
-            for task in (reader, *tasks):
-                task.cancel()
 
     async def _stream_one(
         self, req: pb.ModelInferRequest, ctx: RequestContext,
@@ -183,7 +155,7 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
                 emit(codec.stream_response(req, req.model_name, output, response))
         except Exception as e:  # noqa: BLE001  (reported on the stream, which goes on)
             code, message = status_for(e)
-            _log_failure(ctx.request_id, code, message)
+            log_failure(ctx.request_id, code, message)
             emit(codec.stream_error(req, req.model_name, message))
 
     def _context(self, context: Any) -> RequestContext:
@@ -214,7 +186,7 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[Response]:
         payload = json.dumps(codec.python_payload(req)).encode()
         shaper = codec.JsonResponses(streaming)
-        async with _closing(self.dispatcher.predict(route, payload, ctx)) as docs:
+        async with closing_stream(self.dispatcher.predict(route, payload, ctx)) as docs:
             async for doc in docs:
                 for response in shaper.add(doc):
                     yield response
@@ -232,7 +204,8 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
             raise BadRequest("input 'text_input' is empty")
         shaper = codec.TextResponses(call, streaming)
         stream = self.dispatcher.generate(route, prompt, call.sampling, ctx)
-        async with _closing(stream) as chunks:  # read to the end: the request record says "ok"
+        # Read to the end: the request record then says "ok".
+        async with closing_stream(stream) as chunks:
             async for chunk in chunks:
                 last = chunk.finish_reason != runtime_pb2.FINISH_REASON_UNSPECIFIED
                 for response in shaper.add(chunk.text, last):

@@ -7,18 +7,17 @@ loads basalt.pb.kserve_pb2) into a process that imports tritonclient.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing
 from typing import Any, Protocol
 
 import grpc
 
 from basalt import kserve_codec as codec
 from basalt.kserve_codec import InvalidInput, Response
-from basalt.log import get_logger
+from basalt.kserve_server import closing_stream, interleave, log_failure
 from basalt.pb import kserve_pb2 as pb
 from basalt.pb import kserve_pb2_grpc
 
@@ -31,8 +30,6 @@ from .errors import (  # UnknownModel and NotReady are re-exported: they were de
     RuntimeServiceError,
     UnknownModel,
 )
-
-log = get_logger(__name__)
 
 
 class Tokenizer(Protocol):
@@ -50,22 +47,6 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, RuntimeServiceError):
         return grpc.StatusCode.INTERNAL, str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-
-
-def _log_failure(request_id: str, code: grpc.StatusCode, message: str) -> None:
-    level = log.warning if code is grpc.StatusCode.INTERNAL else log.info
-    level("kserve_request_failed", id=request_id, code=code.name, error=message)
-
-
-@asynccontextmanager
-async def _closing(items: AsyncIterator[Any]) -> AsyncIterator[AsyncIterator[Any]]:
-    """Close an engine's stream when we stop reading it (client gone: the engine aborts)."""
-    try:
-        yield items
-    finally:
-        aclose = getattr(items, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
@@ -113,7 +94,7 @@ class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         except Exception as e:  # noqa: BLE001  (every failure becomes a gRPC status)
             failure = e
         code, message = status_for(failure)
-        _log_failure(request.id, code, message)
+        log_failure(request.id, code, message)
         await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
@@ -121,27 +102,9 @@ class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests on one stream run concurrently; their responses interleave, keyed by id."""
-        queue: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def read() -> None:
-            try:
-                async for req in request_iterator:
-                    task = asyncio.create_task(self._stream_one(req, queue.put_nowait))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                while tasks:
-                    await asyncio.wait(set(tasks))
-            finally:
-                queue.put_nowait(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (resp := await queue.get()) is not None:
+        async with aclosing(interleave(request_iterator, self._stream_one)) as responses:
+            async for resp in responses:
                 yield resp
-        finally:
-            for task in (reader, *tasks):
-                task.cancel()
 
     async def _stream_one(
         self, req: pb.ModelInferRequest, emit: Callable[[pb.ModelStreamInferResponse], None]
@@ -151,7 +114,7 @@ class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
                 emit(codec.stream_response(req, self.model_name, self.output_name, response))
         except Exception as e:  # noqa: BLE001  (reported on the stream, which goes on)
             code, message = status_for(e)
-            _log_failure(req.id, code, message)
+            log_failure(req.id, code, message)
             emit(codec.stream_error(req, self.model_name, message))
 
     def _admit(self, req: pb.ModelInferRequest) -> None:
@@ -169,7 +132,7 @@ class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _python_responses(self, payload: Any, streaming: bool) -> AsyncIterator[Response]:
         shaper = codec.JsonResponses(streaming)
-        async with _closing(self.engine.predict(payload)) as items:
+        async with closing_stream(self.engine.predict(payload)) as items:
             async for item in items:
                 for response in shaper.add(json.dumps(item).encode()):
                     yield response
@@ -186,7 +149,7 @@ class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
             lora_name=call.lora_name,
         )
         shaper = codec.TextResponses(call, streaming)
-        async with _closing(self.engine.generate(inp)) as chunks:
+        async with closing_stream(self.engine.generate(inp)) as chunks:
             async for chunk in chunks:
                 last = chunk.finish_reason is not None
                 for response in shaper.add(chunk.text, last):

@@ -1,0 +1,67 @@
+"""What the runtime's and the router's KServe v2 servicers share: ModelStreamInfer's requests
+run concurrently on one stream, a response stream closed when no longer read, a failed request
+logged (asyncio tasks; no I/O of its own; does not load basalt.pb.kserve_pb2)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import grpc
+
+from basalt.log import get_logger
+
+log = get_logger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+async def interleave(
+    requests: AsyncIterator[Req],
+    handle: Callable[[Req, Callable[[Resp], None]], Coroutine[Any, Any, None]],
+) -> AsyncGenerator[Resp, None]:
+    """Run `handle(request, emit)` as a task for each request as it arrives; yield what the
+    handlers emit, in the order they emit it, until the requests end and every handler is done.
+    Closing (or cancelling) this generator cancels the reader and every handler."""
+    queue: asyncio.Queue[Resp | None] = asyncio.Queue()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def read() -> None:
+        try:
+            async for req in requests:
+                task = asyncio.create_task(handle(req, queue.put_nowait))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.wait(set(tasks))
+        finally:
+            queue.put_nowait(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        while (resp := await queue.get()) is not None:
+            yield resp
+    finally:
+        for task in (reader, *tasks):
+            task.cancel()
+
+
+@asynccontextmanager
+async def closing_stream(items: AsyncIterator[Any]) -> AsyncIterator[AsyncIterator[Any]]:
+    """Close `items` (if it can be closed) when we stop reading it: an engine's stream aborts
+    its sequence, a dispatcher's stream cancels its replica call."""
+    try:
+        yield items
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def log_failure(request_id: str, code: grpc.StatusCode, message: str) -> None:
+    """A failed request: a warning when it is our fault (INTERNAL), else info."""
+    level = log.warning if code is grpc.StatusCode.INTERNAL else log.info
+    level("kserve_request_failed", id=request_id, code=code.name, error=message)
