@@ -254,9 +254,10 @@ class _Format:
             yield b"data: [DONE]\n\n"
             return
         if include_usage:
+            obj = "chat.completion.chunk" if self.chat else "text_completion"
             body: dict[str, Any] = {
-                "id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                "created": self.created, "model": self.model, "choices": [],
+                "id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": [],
                 "usage": self._usage(last, prompt_len, n),
             }
             yield b"data: " + json.dumps(body).encode() + b"\n\n"

@@ -16,7 +16,8 @@ from typing import NewType
 
 from basalt.ids import ReplicaId
 
-from .errors import InvalidBlockSize, InvalidPolicyConfig  # noqa: F401 - InvalidBlockSize re-exported
+# InvalidBlockSize is re-exported: it was defined here.
+from .errors import InvalidBlockSize, InvalidPolicyConfig  # noqa: F401
 
 # The router's own chained hash of one full block (64-bit), independent of any engine's hash.
 OwnBlockHash = NewType("OwnBlockHash", int)
