@@ -1,6 +1,8 @@
-"""KServe v2 responses built: LLM text deltas and python-model JSON shaped into responses, and
-the response, stream, error and metadata messages (no I/O). The conventions are described in
-basalt.kserve_codec, which re-exports this module.
+"""Building KServe v2 responses: outputs shaped into responses, and the messages (no I/O).
+
+LLM text deltas and python-model JSON documents become responses; then the response, stream,
+error and metadata messages. The conventions are described in basalt.kserve_codec, which
+re-exports this module.
 
 Never import this module (it loads basalt.pb.kserve_pb2) into a process that imports
 tritonclient: both register the same `inference.*` protobuf symbols.

@@ -1,6 +1,8 @@
-"""What the runtime's and the router's KServe v2 servicers share: ModelStreamInfer's requests
-run concurrently on one stream, a response stream closed when no longer read, a failed request
-logged (asyncio tasks; no I/O of its own; does not load basalt.pb.kserve_pb2)."""
+"""What both KServe v2 servicers (runtime, router) share, as asyncio helpers (no I/O of its own).
+
+ModelStreamInfer's requests run concurrently on one stream, a response stream is closed when no
+longer read, a failed request is logged. It does not load basalt.pb.kserve_pb2.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""What the test helpers that run a service as a subprocess share: start `python -m <service>`
-with its output in a log file, wait for its ready file, read the log's tail, stop it (does I/O).
+"""A service run as a subprocess for integration tests: spawn, wait until ready, stop (does I/O).
+
+What the helpers share: start `python -m <service>` with its output in a log file, wait for its
+ready file, read the log's tail, stop it.
 
 RuntimeProcess, RouterProcess and McmProcess (dataclasses) derive from `ServiceProcess`, which
 keeps no fields of its own, so their fields and their order stay theirs.

@@ -1,6 +1,8 @@
-"""What the control plane reports about itself: clusters with their usage and blocks, active
-blocks, unplaced deployments and start failures, as the deployments API shows them (pure, no
-I/O; the reconciler passes in its state and the time)."""
+"""The control plane's status as the deployments API shows it (pure, no I/O).
+
+Clusters with their usage and blocks, active blocks, unplaced deployments and start failures;
+the reconciler passes in its state and the time.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""vLLM's KV events, finish reasons and sampling settings as ours, and the checks a request
-passes before vLLM sees it (pure, no I/O; vLLM is not imported).
+"""vLLM's KV events, finish reasons and sampling settings as ours; request checks (pure, no I/O).
+
+Plain functions of the vllm engine (engines/vllm.py); vLLM itself is not imported here.
 """
 
 from __future__ import annotations
