@@ -94,8 +94,8 @@ async def _wait_ready(nats_url: str, deployment_id: str, timeout: float) -> None
         while time.monotonic() - t0 < timeout:
             states = []
             try:
-                for key in await bucket.keys():
-                    rec = events_pb2.ReplicaRecord.FromString((await bucket.get(key)).value)
+                for value in (await bus.kv_items(bucket)).values():
+                    rec = events_pb2.ReplicaRecord.FromString(value)
                     if rec.deployment == deployment_id:
                         states.append(events_pb2.ReplicaState.Name(rec.state)[14:].lower())
             except Exception:  # noqa: BLE001, S110 - NATS or a record not there yet: poll again

@@ -104,7 +104,7 @@ async def _wait_replicas(nats_url: str, n: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if len(await bucket.keys()) >= n:
+                if len(await bus.kv_items(bucket)) >= n:
                     break
             except NoKeysError:
                 pass

@@ -22,7 +22,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 from starlette.exceptions import HTTPException
 
@@ -337,19 +336,8 @@ async def _replicas(ctx: _Ctx) -> list[events_pb2.ReplicaRecord]:
     """Every replica record in `basalt_replicas` (expired ones are gone from the bucket)."""
     if ctx.replicas_kv is None:
         ctx.replicas_kv = await bus.replicas_bucket(ctx.nc)
-    try:
-        keys = await ctx.replicas_kv.keys()
-    except NoKeysError:
-        return []
-    out = []
-    for key in keys:
-        try:
-            entry = await ctx.replicas_kv.get(key)
-        except KeyNotFoundError:
-            continue
-        if entry.value:
-            out.append(events_pb2.ReplicaRecord.FromString(entry.value))
-    return out
+    items = await bus.kv_items(ctx.replicas_kv)
+    return [events_pb2.ReplicaRecord.FromString(v) for v in items.values()]
 
 
 # -- errors and auth -----------------------------------------------------------------------

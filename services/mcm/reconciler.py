@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
+from basalt import bus
 from basalt.ids import ReplicaId
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2
@@ -93,19 +93,8 @@ def launch_request(rec: deploy_pb2.DeploymentRecord, action: Launch, owner: str,
 
 async def read_replicas(kv: KeyValue) -> dict[ReplicaId, events_pb2.ReplicaRecord]:
     """Every replica record in the bucket (expired and deleted ones are absent)."""
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return {}
-    out: dict[ReplicaId, events_pb2.ReplicaRecord] = {}
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            continue
-        if entry.value:
-            out[ReplicaId(key)] = events_pb2.ReplicaRecord.FromString(entry.value)
-    return out
+    items = await bus.kv_items(kv)
+    return {ReplicaId(k): events_pb2.ReplicaRecord.FromString(v) for k, v in items.items()}
 
 
 class Reconciler:

@@ -12,7 +12,7 @@ import builtins
 from dataclasses import dataclass
 
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from basalt import bus, subjects
@@ -58,22 +58,15 @@ class Store:
     async def get(self, deployment_id: str) -> Versioned | None:
         try:
             entry = await self.deployments.get(deployment_id)
-        except KeyNotFoundError:
+        except NotFoundError:  # missing or deleted
             return None
         if not entry.value:
             return None
         return Versioned(deploy_pb2.DeploymentRecord.FromString(entry.value), entry.revision or 0)
 
     async def list(self) -> list[deploy_pb2.DeploymentRecord]:
-        try:
-            keys = await self.deployments.keys()
-        except NoKeysError:
-            return []
-        out = []
-        for key in keys:
-            found = await self.get(key)
-            if found is not None:
-                out.append(found.record)
+        items = await bus.kv_items(self.deployments)
+        out = [deploy_pb2.DeploymentRecord.FromString(v) for v in items.values()]
         return sorted(out, key=lambda r: (r.model, r.created_ts, r.id))
 
     async def create(self, record: deploy_pb2.DeploymentRecord) -> int:
@@ -107,21 +100,13 @@ class Store:
     async def get_environment(self, model: str, name: str) -> deploy_pb2.EnvironmentRecord | None:
         try:
             entry = await self.environments.get(env_key(model, name))
-        except KeyNotFoundError:
+        except NotFoundError:  # missing or deleted
             return None
         return deploy_pb2.EnvironmentRecord.FromString(entry.value) if entry.value else None
 
     async def list_environments(self) -> builtins.list[deploy_pb2.EnvironmentRecord]:
-        try:
-            keys = await self.environments.keys()
-        except NoKeysError:
-            return []
-        out = []
-        for key in keys:
-            model, _, name = key.rpartition(".")
-            rec = await self.get_environment(model, name)
-            if rec is not None:
-                out.append(rec)
+        items = await bus.kv_items(self.environments)
+        out = [deploy_pb2.EnvironmentRecord.FromString(v) for v in items.values()]
         return sorted(out, key=lambda r: (r.model, r.name))
 
     async def put_environment(self, rec: deploy_pb2.EnvironmentRecord) -> None:
