@@ -3,6 +3,8 @@ on the same state dir finds and stops the replicas an earlier one started."""
 
 from __future__ import annotations
 
+import asyncio
+
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,10 @@ async def test_a_new_provider_finds_and_stops_replicas_a_previous_one_started(
         assert await second.list_owned("someone-else") == []
         await second.stop(found[0].replica_id)
         await wait_for(replicas_kv, "local-adopt", is_gone, timeout=5.0)
+        for _ in range(100):  # the record goes first; the process exits right after
+            if first.returncode("local-adopt") is not None:
+                break
+            await asyncio.sleep(0.1)
         assert first.returncode("local-adopt") == 0, "drained and exited cleanly"
         assert await LocalProvider(tmp_path).list_owned(OWNER) == []
     finally:
