@@ -26,7 +26,7 @@ $(TINY_MODEL)/config.json: $(STAMP)
 up: setup
 	$(VENV)/bin/basalt up
 
-test: setup
+test: setup lint
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 
 test-fast: setup
