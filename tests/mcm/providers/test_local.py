@@ -4,7 +4,6 @@ on the same state dir finds and stops the replicas an earlier one started."""
 from __future__ import annotations
 
 import asyncio
-
 from pathlib import Path
 
 import pytest
