@@ -64,6 +64,17 @@ def make_engine(settings: RuntimeSettings, tokenizer: Any) -> Engine:
         from .engines.python_model import PythonModelEngine
 
         return PythonModelEngine(Path(settings.model), name)
-    from .engines.trtllm import TrtllmEngine
+    from .engines.trtllm import TrtllmConfig, TrtllmEngine
 
-    return TrtllmEngine(settings.model, name)
+    # Unverified: no GPU or TensorRT-LLM on the machines this was built on (see trtllm.py).
+    trt = TrtllmConfig(
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+        # The 0.2 default suits vLLM's CPU build; pass a share only when it was asked for.
+        gpu_memory_fraction=(settings.gpu_memory_utilization
+                             if "gpu_memory_utilization" in settings.model_fields_set else None),
+        max_loras=max(len(settings.lora_modules), 2),
+    )
+    if settings.block_size:
+        trt.block_size = settings.block_size
+    return TrtllmEngine(settings.model, name, trt)

@@ -138,3 +138,16 @@ async def test_starting_without_tensorrt_llm_names_the_missing_package() -> None
         async for _ in engine.generate(GenerateInput("r", [1, 2], SamplingParams())):
             pass
     await engine.shutdown()
+
+
+def test_the_runtime_builds_a_trtllm_engine_from_its_settings() -> None:
+    from basalt.tokenizer import ByteTokenizer
+    from services.runtime.config import RuntimeSettings
+    from services.runtime.factory import make_engine
+
+    settings = RuntimeSettings(engine="trtllm", model="/models/x", max_model_len=4096,
+                               lora_modules=["a=/l/a", "b=/l/b", "c=/l/c"])
+    engine = make_engine(settings, ByteTokenizer())
+    assert engine.kind == "trtllm"
+    assert (engine.config.max_model_len, engine.config.max_loras) == (4096, 3)
+    assert engine.config.gpu_memory_fraction is None  # vLLM-CPU's 0.2 default is not forced on GPUs
