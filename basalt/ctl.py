@@ -130,16 +130,18 @@ def promote(url: str, key: str | None, deployment_id: str, environment: str,
 
 
 def log_path(name: str, state: Path = STATE) -> Path:
-    """A service's log (nats, mcm, router) or a replica's (by replica id)."""
-    for candidate in (state / "logs" / f"{name}.log", state / "mcm" / f"{name}.log"):
-        if candidate.exists():
-            return candidate
-    known = sorted(p.stem for p in [*(state / "logs").glob("*.log"), *(state / "mcm").glob("*.log")])
+    """A service's log (nats, mcm, router) or a replica's (by replica id). `state` is the
+    stack's folder (`basalt up --state-dir`) or a control plane's own `--state-dir`."""
+    folders = (state / "logs", state / "mcm", state)
+    for folder in folders:
+        if (folder / f"{name}.log").exists():
+            return folder / f"{name}.log"
+    known = sorted({p.stem for folder in folders for p in folder.glob("*.log")})
     raise CtlError(f"no log for {name!r}; known: {', '.join(known) or 'none (is basalt up running?)'}")
 
 
-def logs(name: str, follow: bool, lines: int) -> None:
-    path = log_path(name)
+def logs(name: str, follow: bool, lines: int, state: Path = STATE) -> None:
+    path = log_path(name, state)
     with open(path, errors="replace") as f:
         for line in f.readlines()[-lines:]:
             sys.stdout.write(line)
@@ -179,6 +181,8 @@ def main(cmd: str, argv: list[str]) -> int:
         p.add_argument("service", help="nats, mcm, router, or a replica id")
         p.add_argument("-f", "--follow", action="store_true")
         p.add_argument("-n", "--lines", type=int, default=50)
+        p.add_argument("--state-dir", type=Path, default=Path(os.environ.get("BASALT_STATE_DIR", STATE)),
+                       help="the stack's folder, or a control plane's --state-dir (env BASALT_STATE_DIR)")
     if cmd != "logs":
         _common(p)
     ns = p.parse_args(argv)
@@ -194,7 +198,7 @@ def main(cmd: str, argv: list[str]) -> int:
             promote(ns.mcm_url, _key(ns), ns.deployment, ns.environment)
             print(f"{ns.environment} -> {ns.deployment}")
         elif cmd == "logs":
-            logs(ns.service, ns.follow, ns.lines)
+            logs(ns.service, ns.follow, ns.lines, ns.state_dir)
     except (CtlError, httpx.HTTPError) as e:
         print(f"basalt {cmd}: {e}", file=sys.stderr)
         return 1
