@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 
@@ -20,7 +20,7 @@ from .errors import BadRequest, NoReplica, QueueFull, ReplicaFailed, RouterError
 from .fleet import Fleet
 from .index import PrefixIndex
 from .policy import RoundRobinState, choose
-from .types import Decision, PolicyConfig, PolicyKind, RegionLatency, RouteRequest
+from .types import Decision, OwnBlockHash, PolicyConfig, PolicyKind, RegionLatency, RouteRequest
 
 log = get_logger(__name__)
 
@@ -40,6 +40,8 @@ class RequestContext:
     arrived: float = field(default_factory=time.monotonic)
     # The replica now serving the request (set when one is chosen).
     replica_id: str = ""
+    # The prompt's own block hashes, by block size (computed on the first decision).
+    hashes: dict[int, list[OwnBlockHash]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -101,12 +103,16 @@ class Dispatcher:
         self._rr: dict[str, RoundRobinState] = {}
         self._waiting: dict[str, int] = {}
         self.changed = asyncio.Event()
+        self._policies: dict[str, PolicyConfig] = {}
 
     def policy_for(self, dep: deploy_pb2.DeploymentRecord) -> PolicyConfig:
-        from dataclasses import replace
-
-        kind = PolicyKind(dep.spec.routing_policy) if dep.spec.routing_policy else self.base_policy.kind
-        return replace(self.base_policy, kind=kind)
+        """The router's weights with the deployment's policy kind (built once per kind)."""
+        name = dep.spec.routing_policy
+        found = self._policies.get(name)
+        if found is None:
+            kind = PolicyKind(name) if name else self.base_policy.kind
+            found = self._policies[name] = replace(self.base_policy, kind=kind)
+        return found
 
     def decide(
         self, route: Route, prompt: list[int], ctx: RequestContext, exclude: set[str]
@@ -118,7 +124,9 @@ class Dispatcher:
         if not views:
             return None, 0
         block_size = views[0].kv_block_size
-        hashes = self.index.hasher(prompt, block_size, route.lora_name)
+        hashes = ctx.hashes.get(block_size)
+        if hashes is None:  # once per request, not on every retry or queue wake-up
+            hashes = ctx.hashes[block_size] = self.index.hasher(prompt, block_size, route.lora_name)
         overlap = self.index.match(hashes)
         request = RouteRequest(
             num_prompt_tokens=len(prompt), num_blocks=len(hashes), lora_name=route.lora_name,
