@@ -20,6 +20,7 @@ from .deployments import DeploymentTable
 from .dispatch import Channels, Dispatcher
 from .fleet import Fleet
 from .index import PrefixIndex
+from .kserve import start_kserve_server, stop_kserve_servers
 from .openai_api import AppState, create_app
 from .tokenizers import Tokenizers
 from .types import PolicyConfig, RegionLatency
@@ -62,7 +63,7 @@ async def run(s: RouterSettings) -> int:
     tokenizers = Tokenizers()
     app = create_app(AppState(table, dispatcher, tokenizers, verifier,
                               s.region_header.lower(), s.session_header.lower()))
-    kserve_port = await _start_kserve(s, table, dispatcher, tokenizers, verifier)
+    kserve_port = await start_kserve_server(s, table, dispatcher, tokenizers, verifier)
     metrics_port = serve_metrics(s.metrics_host, s.metrics_port)
     server = uvicorn.Server(uvicorn.Config(app, host=s.http_host, port=s.http_port,
                                            log_level="warning", lifespan="off"))
@@ -87,30 +88,11 @@ async def run(s: RouterSettings) -> int:
                        return_when=asyncio.FIRST_COMPLETED)
     server.should_exit = True
     await serve_task
-    await _stop_kserve()
+    await stop_kserve_servers()  # NOT_SERVING; in-flight KServe calls get a second
     await watcher.stop()
     await channels.close()
     await nc.drain()
     return 0
-
-
-async def _start_kserve(s, table, dispatcher, tokenizers, verifier) -> int:  # type: ignore[no-untyped-def]
-    """The KServe v2 gRPC front door, when its module is present."""
-    try:
-        from .kserve import start_kserve_server
-    except ImportError:
-        log.warning("kserve_front_door_missing")
-        return 0
-    return await start_kserve_server(s, table, dispatcher, tokenizers, verifier)
-
-
-async def _stop_kserve() -> None:
-    """Health goes NOT_SERVING; in-flight KServe calls get a second to finish."""
-    try:
-        from .kserve import stop_kserve_servers
-    except ImportError:
-        return
-    await stop_kserve_servers()
 
 
 def main(argv: list[str] | None = None) -> int:

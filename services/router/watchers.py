@@ -39,6 +39,7 @@ class StateWatcher:
         self.channels = channels
         self.changed = changed
         self._tasks: list[asyncio.Task] = []
+        self._pending: set[asyncio.Task] = set()
         self._dumping: set[ReplicaId] = set()
         # Batches that arrive while a replica's dump is in flight, applied after it.
         self._held: dict[ReplicaId, list[KvEventBatchData]] = {}
@@ -59,6 +60,12 @@ class StateWatcher:
         ]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), timeout=10)
         self.synced.set()
+
+    def _background(self, coro) -> None:  # type: ignore[no-untyped-def]
+        """Run a one-off task, holding a reference so it is not collected mid-flight."""
+        task = asyncio.create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -96,7 +103,7 @@ class StateWatcher:
     def _forget(self, replica_id: ReplicaId) -> None:
         state = self.fleet.get(replica_id)
         if state is not None:
-            asyncio.create_task(self.channels.drop(state.record.grpc_address))
+            self._background(self.channels.drop(state.record.grpc_address))
         self.fleet.remove(replica_id)
         self.index.remove_replica(replica_id)
         log.info("replica_gone", replica=replica_id)
@@ -144,7 +151,7 @@ class StateWatcher:
     def _request_dump(self, replica_id: ReplicaId) -> None:
         if replica_id not in self._dumping:
             self._dumping.add(replica_id)
-            asyncio.create_task(self._dump(replica_id))
+            self._background(self._dump(replica_id))
 
     async def _dump(self, replica_id: ReplicaId) -> None:
         try:
