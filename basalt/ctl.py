@@ -61,12 +61,15 @@ def apply(url: str, key: str | None, parsed: deployfile.DeployFile) -> None:
             print(f"{env.model}@{env.name} -> {env.deployment_id}")
 
 
+def _models(c: httpx.Client) -> list[dict[str, Any]]:
+    """Every model with its deployments (one request: the list carries them)."""
+    return list(_check(c.get("/v1/models")).get("models", []))
+
+
 def _find_model(c: httpx.Client, deployment_id: str) -> str:
-    for model in _check(c.get("/v1/models")).get("models", []):
-        name = model["name"] if isinstance(model, dict) else model
-        detail = _check(c.get(f"/v1/models/{name}"))
-        if any(d["id"] == deployment_id for d in detail["deployments"]):
-            return str(name)
+    for model in _models(c):
+        if any(d["id"] == deployment_id for d in model["deployments"]):
+            return str(model["name"])
     raise CtlError(f"no deployment {deployment_id!r}")
 
 
@@ -82,13 +85,14 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def status(url: str, key: str | None) -> str:
     deps, reps = [], []
     with _client(url, key) as c:
-        for model in _check(c.get("/v1/models")).get("models", []):
-            name = model["name"] if isinstance(model, dict) else model
-            for d in _check(c.get(f"/v1/models/{name}"))["deployments"]:
+        for model in _models(c):
+            for d in model["deployments"]:
                 deps.append([d["id"], d["model"], d["spec"].get("engine", ""), d["status"],
                              str(d["desired_replicas"]), str(d["active_replica_count"]),
                              ",".join(d["environments"]) or "-"])
-                detail = _check(c.get(f"/v1/models/{name}/deployments/{d['id']}"))
+                if not d["replica_count"]:
+                    continue
+                detail = _check(c.get(f"/v1/models/{model['name']}/deployments/{d['id']}"))
                 for r in detail.get("replicas", []):
                     reps.append([r.get("id", ""), d["id"], r.get("state", ""),
                                  r.get("region", ""), r.get("zone", ""), r.get("cluster", ""),
