@@ -19,7 +19,6 @@ from basalt.config import parse
 from basalt.metrics import serve_metrics
 from basalt.pb import events_pb2, kserve_pb2, kserve_pb2_grpc, runtime_pb2, runtime_pb2_grpc
 
-from . import metrics
 from .config import RuntimeSettings
 from .engine import EngineInfo
 from .factory import make_engine, make_tokenizer, model_name
@@ -82,7 +81,8 @@ class Replica:
         nc = await bus.connect(s.nats_url, name=f"runtime-{self.replica_id}")
         bucket = await bus.replicas_bucket(nc)
         kv = KvEventPublisher(nc, self.replica_id, self.epoch)
-        load = LoadReporter(nc, self.replica_id, s.deployment, self.engine, s.load_report_interval)
+        load = LoadReporter(nc, self.replica_id, s.deployment, self.engine,
+                            s.load_report_interval, self.model_name)
         heartbeat = Heartbeat(bucket, self.record, s.heartbeat_interval)
         servicer = RuntimeServicer(
             self.engine, self.model_name, self.replica_id, kv, load, self.record,
@@ -114,7 +114,6 @@ class Replica:
             return 0
         self._spawn(kv.run(self.engine))
         self._spawn(load.run())
-        self._spawn(self._export_gauges())
         self.state = events_pb2.REPLICA_STATE_READY
         await heartbeat.beat()
         for name in ("", *SERVICE_NAMES[:2]):
@@ -171,15 +170,6 @@ class Replica:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(MessageToDict(self.record())))
             tmp.replace(path)  # readers never see half a file
-
-    async def _export_gauges(self) -> None:
-        labels = {"model": self.model_name, "replica": self.replica_id}
-        while True:
-            stats = self.engine.stats()
-            metrics.RUNNING.labels(**labels).set(stats.num_running)
-            metrics.WAITING.labels(**labels).set(stats.num_waiting)
-            metrics.KV_USAGE.labels(**labels).set(stats.kv_usage)
-            await asyncio.sleep(1.0)
 
     def _stop_on_signal(self) -> asyncio.Event:
         stop = asyncio.Event()

@@ -28,6 +28,3 @@ REQUESTS = Counter(
 RUNNING = Gauge("basalt:num_requests_running", "Requests running in the engine.", LABELS)
 WAITING = Gauge("basalt:num_requests_waiting", "Requests waiting in the engine.", LABELS)
 KV_USAGE = Gauge("basalt:kv_cache_usage_perc", "KV-cache usage, 0..1.", LABELS)
-KV_EVENT_BATCHES = Counter(
-    "basalt:kv_event_batches", "KV event batches published on NATS.", LABELS
-)

@@ -14,6 +14,7 @@ from basalt.kvevents import KvEvent, KvEventBatchData, batch_to_proto
 from basalt.log import get_logger
 from basalt.pb import events_pb2
 
+from . import metrics
 from .engine import Engine
 from .latency import LatencyWindow, Percentiles
 from .mirror import KvMirror
@@ -64,13 +65,18 @@ class LoadReporter:
     """Publishes a LoadReport every `interval` seconds."""
 
     def __init__(
-        self, nc: Client, replica_id: str, deployment: str, engine: Engine, interval: float
+        self, nc: Client, replica_id: str, deployment: str, engine: Engine, interval: float,
+        model_name: str = "",
     ) -> None:
         self.nc = nc
         self.replica_id = replica_id
         self.deployment = deployment
         self.engine = engine
         self.interval = interval
+        labels = {"model": model_name, "replica": replica_id}
+        # The /metrics gauges follow the same stats the load report carries.
+        self._gauges = (metrics.RUNNING.labels(**labels), metrics.WAITING.labels(**labels),
+                        metrics.KV_USAGE.labels(**labels))
         self.ttft = LatencyWindow()
         self.itl = LatencyWindow()
         self.generated_tokens = 0
@@ -78,6 +84,10 @@ class LoadReporter:
     def report(self) -> events_pb2.LoadReport:
         now = time.monotonic()
         stats = self.engine.stats()
+        running, waiting, kv_usage = self._gauges
+        running.set(stats.num_running)
+        waiting.set(stats.num_waiting)
+        kv_usage.set(stats.kv_usage)
         return events_pb2.LoadReport(
             replica_id=self.replica_id,
             deployment=self.deployment,
