@@ -325,10 +325,8 @@ def run(json_out: Path | None = None, workload: Workload | None = None) -> dict:
 def main(argv: list[str]) -> int:
     """`basalt bench index [--json OUT] [--markdown docs/benchmarks.md]`."""
     import argparse
-    import os
-    import platform
 
-    from bench.runtime import update_section
+    from bench.report import machine_line, update_section
 
     p = argparse.ArgumentParser(prog="basalt bench index", description=__doc__)
     p.add_argument("--json", type=Path, help="write the figures as JSON here")
@@ -338,14 +336,13 @@ def main(argv: list[str]) -> int:
     figures = run(ns.json)
     if str(ns.markdown):
         body = (
-            "## Index microbenchmark (`basalt bench index`)\n\n"
             f"Command: `basalt bench index {' '.join(argv)}`".rstrip() + "  \n"
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+            f"Machine: {machine_line()}; "
             f"{figures['replicas']} replicas, 16k-token prompt (1,024 blocks of 16). "
             "p99 figures on this shared machine include scheduler noise.\n\n"
             + _table(figures) + "\n"
         )
-        update_section(ns.markdown, "## Index microbenchmark", body)
+        update_section(ns.markdown, "## Index microbenchmark (`basalt bench index`)", body)
     return 0
 
 

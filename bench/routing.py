@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -31,6 +29,7 @@ from .replay import (
     replay,
     trace_bounds,
 )
+from .report import machine, update_section
 from .traces import ChatWorkload, Trace, limit_and_scale, load_mooncake, synthetic_chat
 
 DEFAULT_POLICIES = "kv,round_robin,least_loaded,random"
@@ -158,15 +157,6 @@ def run_policies(
         _SHARED = None
 
 
-def machine() -> dict[str, object]:
-    return {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "processor": platform.processor() or platform.machine(),
-    }
-
-
 def run(
     trace: Trace,
     config: ReplayConfig,
@@ -188,7 +178,8 @@ def run(
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
     if markdown is not None:
-        update_markdown(markdown, report["trace"]["name"], text)
+        update_section(markdown, f"### {report['trace']['name']}", text, parent=SECTION,
+                       parent_intro=INTRO)
     return report
 
 
@@ -303,36 +294,6 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def update_markdown(path: Path, label: str, body: str) -> None:
-    """Put `body` under '### <label>' in the '## Routing' section of `path` (created if
-    missing), leaving other sections and other traces' subsections as they are."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    lines = text.rstrip("\n").split("\n")
-    start = next((i for i, ln in enumerate(lines) if ln.strip() == SECTION), None)
-    if start is None:
-        lines += ["", SECTION, "", INTRO]
-        start = len(lines) - 3
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    section = lines[start:end]
-    head = f"### {label}"
-    sub = next((i for i, ln in enumerate(section) if ln.strip() == head), None)
-    new = [head, "", *body.split("\n"), ""]
-    if sub is None:
-        section = [*_strip_tail(section), "", *new]
-    else:
-        sub_end = next((i for i in range(sub + 1, len(section)) if section[i].startswith("### ")),
-                       len(section))
-        section = section[:sub] + new + section[sub_end:]
-    out = lines[:start] + _strip_tail(section) + ([""] if end < len(lines) else []) + lines[end:]
-    path.write_text("\n".join(out) + "\n", encoding="utf-8")
-
-
-def _strip_tail(lines: list[str]) -> list[str]:
-    while lines and not lines[-1].strip():
-        lines = lines[:-1]
-    return lines
-
-
 def main(argv: list[str]) -> int:
     ns = build_parser().parse_args(argv)
     kinds = _policies(ns.policies or ("kv" if ns.live else DEFAULT_POLICIES))
@@ -375,7 +336,8 @@ def _live(
         ns.json.write_text(json.dumps({"command": command, "machine": machine(), "rows": rows},
                                       indent=2) + "\n")
     if ns.markdown is not None:
-        update_markdown(ns.markdown, "live stack vs replay", text)
+        update_section(ns.markdown, "### live stack vs replay", text, parent=SECTION,
+                       parent_intro=INTRO)
     return 0
 
 

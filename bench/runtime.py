@@ -6,16 +6,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.report import machine_line, update_section
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / ".basalt" / "models" / "tiny-llama"
+HEADING = "## Runtime: gRPC overhead (`basalt bench runtime`)"
 
 
 @dataclass
@@ -113,17 +114,11 @@ async def _through_grpc(model: Path, prompts: list[list[int]], max_tokens: int, 
         nats.stop()
 
 
-def _machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
-
-
 def _table(results: list[Result], cmd: str) -> str:
     base = results[0].tokens_per_s
     lines = [
-        "## Runtime: gRPC overhead (`basalt bench runtime`)",
-        "",
         f"Command: `{cmd}`  ",
-        f"Machine: {_machine()}; vLLM CPU build, tiny Llama test model.",
+        f"Machine: {machine_line()}; vLLM CPU build, tiny Llama test model.",
         "",
         "| path | requests | output tokens | seconds | tokens/s | ratio vs in-process |",
         "|---|---|---|---|---|---|",
@@ -132,18 +127,6 @@ def _table(results: list[Result], cmd: str) -> str:
         lines.append(f"| {r.path} | {r.requests} | {r.output_tokens} | {r.seconds:.2f} | "
                      f"{r.tokens_per_s:.1f} | {r.tokens_per_s / base:.3f} |")
     return "\n".join(lines) + "\n"
-
-
-def update_section(doc: Path, heading: str, body: str) -> None:
-    """Replace the `## heading...` section of a markdown file (or append it)."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
-    start = text.find(heading)
-    if start == -1:
-        text = text.rstrip() + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + body + ("" if end == -1 else text[end + 1:])
-    doc.write_text(text)
 
 
 def main(argv: list[str]) -> int:
@@ -174,7 +157,7 @@ def main(argv: list[str]) -> int:
         ns.json.write_text(json.dumps([asdict(r) | {"tokens_per_s": r.tokens_per_s}
                                        for r in (inproc, viagrpc)], indent=2))
     if str(ns.markdown):
-        update_section(ns.markdown, "## Runtime", table)
+        update_section(ns.markdown, HEADING, table)
     return 0
 
 
