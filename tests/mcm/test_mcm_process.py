@@ -37,21 +37,6 @@ pytestmark = pytest.mark.integration
 FAST = ["--reconcile-period", "0.5", "--replica-grace", "10"]
 
 
-@pytest.fixture(scope="module")
-def nats(tmp_path_factory: pytest.TempPathFactory) -> NatsServer:
-    store = tmp_path_factory.mktemp("nats-mcm")
-    server = NatsServer(store_dir=store, log_file=store / "nats.log").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def client(nats: NatsServer) -> AsyncIterator[Client]:
-    nc = await bus.connect(nats.url, name="test-mcm")
-    yield nc
-    await nc.close()
-
-
 @pytest.fixture
 async def kv(client: Client) -> KeyValue:
     return await bus.replicas_bucket(client)

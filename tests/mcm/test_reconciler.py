@@ -44,15 +44,6 @@ SIM_CONFIG = {"clouds": {
 }}
 
 
-@pytest.fixture(scope="module")
-def nats(tmp_path_factory: pytest.TempPathFactory) -> NatsServer:
-    """A nats-server of this module's own: no deployment of another test reaches the loop."""
-    store = tmp_path_factory.mktemp("nats-reconciler")
-    server = NatsServer(store_dir=store, log_file=store / "nats.log").start()
-    yield server
-    server.stop()
-
-
 @dataclass
 class Env:
     store: Store

@@ -5,13 +5,11 @@ the write fails."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
 
-from basalt import bus, subjects
-from basalt.natsserver import NatsServer
+from basalt import subjects
 from basalt.pb import deploy_pb2
 from services.mcm.scale import Outcome, ScaleConsumer, decide, publish_scale
 from services.mcm.store import Store
@@ -33,21 +31,6 @@ def test_decide_skips_the_same_command_and_older_ones_and_applies_newer_ones() -
     assert decide(_cmd("a", 10.0), last) is Outcome.STALE, "equal ts: ids break the tie"
     assert decide(_cmd("c", 10.0), last) is None
     assert decide(_cmd("a", 11.0), last) is None
-
-
-@pytest.fixture(scope="module")
-def nats(tmp_path_factory: pytest.TempPathFactory) -> NatsServer:
-    store = tmp_path_factory.mktemp("nats-scale")
-    server = NatsServer(store_dir=store, log_file=store / "nats.log").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def client(nats: NatsServer) -> AsyncIterator[Client]:
-    nc = await bus.connect(nats.url, name="test-scale")
-    yield nc
-    await nc.close()
 
 
 @pytest.fixture
