@@ -199,7 +199,7 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         if not streaming:
             codec.refuse_stream_on_infer(call)
         route = with_lora(route, call.lora_name)
-        prompt = self.tokenizers.for_deployment(route.deployment).encode(call.text)
+        prompt = (await self.tokenizers.get(route.deployment)).encode(call.text)
         if not prompt:
             raise BadRequest("input 'text_input' is empty")
         shaper = codec.TextResponses(call, streaming)

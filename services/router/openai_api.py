@@ -79,7 +79,7 @@ def create_app(state: AppState) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         route = _resolve(state, body.model)
-        tok = state.tokenizers.for_deployment(route.deployment)
+        tok = await state.tokenizers.get(route.deployment)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         prompt = tok.apply_chat_template(messages)
         max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_CHAT_MAX_TOKENS
@@ -92,7 +92,7 @@ def create_app(state: AppState) -> FastAPI:
             prompt_in = body.prompt_one()
         except ValueError as e:
             raise BadRequest(str(e)) from None
-        tok = state.tokenizers.for_deployment(route.deployment)
+        tok = await state.tokenizers.get(route.deployment)
         prompt = tok.encode(prompt_in) if isinstance(prompt_in, str) else list(prompt_in)
         if not prompt:
             raise BadRequest("prompt is empty")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -24,3 +25,11 @@ class Tokenizers:
         if found is None:
             found = self._by_path[path] = load_tokenizer(path)
         return found
+
+    async def get(self, dep: deploy_pb2.DeploymentRecord) -> Any:
+        """`for_deployment`, loading a model's tokenizer in a thread the first time, so the
+        event loop (and every stream on it) does not stall for the load."""
+        path = dep.spec.model_path
+        if path in self._by_path or not path or not (Path(path) / "tokenizer.json").exists():
+            return self.for_deployment(dep)
+        return await asyncio.to_thread(self.for_deployment, dep)
