@@ -33,8 +33,8 @@ test-fast: setup
 	$(VENV)/bin/pytest -q -m "not integration and not vllm" $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check basalt services bench tests
-	$(VENV)/bin/mypy basalt services bench
+	$(VENV)/bin/ruff check basalt basalt_cli basalt_tools services bench tests
+	$(VENV)/bin/mypy basalt basalt_cli basalt_tools services bench
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I proto --python_out=. --pyi_out=. --grpc_python_out=. proto/basalt/pb/*.proto

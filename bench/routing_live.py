@@ -26,7 +26,7 @@ import httpx
 from nats.js.errors import NoKeysError
 
 from basalt import bus, subjects
-from basalt.natsserver import NatsServer, free_port
+from basalt_tools.natsserver import NatsServer, free_port
 from services.router.types import PolicyKind
 
 from .replay import PolicyResult, ReplayConfig, percentiles, prepare, replay

@@ -76,8 +76,8 @@ async def _through_grpc(model: Path, prompts: list[list[int]], max_tokens: int, 
                         workdir: Path) -> Result:
     import grpc
 
-    from basalt.natsserver import NatsServer, free_port
     from basalt.pb import runtime_pb2, runtime_pb2_grpc
+    from basalt_tools.natsserver import NatsServer, free_port
 
     nats = NatsServer(store_dir=workdir / "nats").start()
     port = free_port()
@@ -140,8 +140,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--markdown", type=Path, default=REPO / "docs" / "benchmarks.md",
                    help="update the Runtime section of this file ('' to skip)")
     ns = p.parse_args(argv)
-    from basalt.tinymodel import make_tiny_model
     from basalt.tokenizer import load_tokenizer
+    from basalt_tools.tinymodel import make_tiny_model
 
     model = make_tiny_model(ns.model) if ns.model == DEFAULT_MODEL else ns.model
     prompts = _prompts(ns.requests, ns.prompt_len, load_tokenizer(model).vocab_size)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from basalt.natsserver import NatsServer
+from basalt_tools.natsserver import NatsServer
 
 REPO = Path(__file__).resolve().parent.parent
 # Built once per checkout by `make test` (basalt make-tiny-model); rebuilt here when missing.
@@ -37,6 +37,6 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[object]:
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     """A tiny Llama model (random weights, locally trained tokenizer) and a tiny LoRA adapter."""
-    from basalt.tinymodel import make_tiny_model
+    from basalt_tools.tinymodel import make_tiny_model
 
     return make_tiny_model(TINY_MODEL_DIR)

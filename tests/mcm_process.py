@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from basalt.deployfile import Deployment
-from basalt.natsserver import free_port
 from basalt.pb import deploy_pb2, events_pb2
+from basalt_tools.natsserver import free_port
 from tests.service_process import ServiceProcess
 
 T = TypeVar("T")

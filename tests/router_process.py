@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from basalt.natsserver import free_port
+from basalt_tools.natsserver import free_port
 from tests.service_process import ServiceProcess
 
 

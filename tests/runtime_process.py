@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from basalt.natsserver import free_port
+from basalt_tools.natsserver import free_port
 from tests.service_process import REPO, ServiceProcess  # noqa: F401 - tests import REPO from here
 
 

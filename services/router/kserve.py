@@ -1,7 +1,7 @@
 """KServe v2 / Triton gRPC front door of the router (does I/O: grpc.aio server and handlers).
 
 Wire-compatible with Triton, so the unmodified `tritonclient.grpc` works; the tensor conventions
-are those of basalt.kserve_codec (LLM: `text_input` -> `text_output`; python models: JSON). A
+are those of basalt.kserve.codec (LLM: `text_input` -> `text_output`; python models: JSON). A
 request's `model_name` resolves like the OpenAI `model` field (deployment id, model,
 model@environment, LoRA adapter name). LLM text is tokenized with the deployment's tokenizer (no
 chat template) and sent through the dispatcher, so routing, queueing and failover apply. With a
@@ -25,10 +25,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from basalt import kserve_codec as codec
 from basalt.apikeys import KeyVerifier, key_from_header
-from basalt.kserve_codec import InvalidInput, Response
-from basalt.kserve_server import closing_stream, interleave, log_failure
+from basalt.kserve import codec
+from basalt.kserve.codec import InvalidInput, Response
+from basalt.kserve.server import closing_stream, interleave, log_failure
 from basalt.log import get_logger
 from basalt.pb import kserve_pb2 as pb
 from basalt.pb import kserve_pb2_grpc, runtime_pb2

@@ -1,7 +1,7 @@
 """KServe v2 / Triton gRPC inference service over an Engine (does I/O: grpc.aio handlers).
 
 Wire-compatible with Triton, so the unmodified `tritonclient.grpc` works; the tensor
-conventions (LLM and python models) are in basalt.kserve_codec. Never import this module (it
+conventions (LLM and python models) are in basalt.kserve.codec. Never import this module (it
 loads basalt.pb.kserve_pb2) into a process that imports tritonclient.
 """
 
@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import grpc
 
-from basalt import kserve_codec as codec
-from basalt.kserve_codec import InvalidInput, Response
-from basalt.kserve_server import closing_stream, interleave, log_failure
+from basalt.kserve import codec
+from basalt.kserve.codec import InvalidInput, Response
+from basalt.kserve.server import closing_stream, interleave, log_failure
 from basalt.pb import kserve_pb2 as pb
 from basalt.pb import kserve_pb2_grpc
 

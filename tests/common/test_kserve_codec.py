@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from basalt import kserve_codec as codec
+from basalt.kserve import codec
 from basalt.pb import kserve_pb2 as pb
 
 

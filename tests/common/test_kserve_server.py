@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-from basalt.kserve_server import interleave
+from basalt.kserve.server import interleave
 
 
 async def _requests(*items: str) -> AsyncIterator[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from basalt.tinymodel import LORA_NAME, is_complete, make_tiny_model
+from basalt_tools.tinymodel import LORA_NAME, is_complete, make_tiny_model
 
 
 def test_model_has_tokenizer_weights_and_lora(tiny_model: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from basalt.natsserver import NatsServer
+from basalt_tools.natsserver import NatsServer
 from tests.mcm_process import FAST_SIM_ARGS, McmProcess, kill_runtimes
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _basalt(mcm: McmProcess, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BASALT_MCM_URL": mcm.base_url, "BASALT_API_KEY": "unused"}
-    return subprocess.run([sys.executable, "-m", "basalt.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "basalt_cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 
 

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from basalt.natsserver import NatsServer
+from basalt_tools.natsserver import NatsServer
 from tests.mcm_process import FAST_SIM_ARGS, McmProcess, kill_runtimes
 from tests.router_process import RouterProcess
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from basalt.natsserver import free_port
+from basalt_tools.natsserver import free_port
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def test_up_serves_the_default_deployment_and_stops_cleanly(tmp_path: Path, tiny
     (state / "models").mkdir(parents=True)
     (state / "models" / "tiny-llama").symlink_to(tiny_model)
     ports = [str(free_port()) for _ in range(4)]
-    cmd = [sys.executable, "-m", "basalt.cli", "up", "--engine", "sim", "--state-dir", str(state),
+    cmd = [sys.executable, "-m", "basalt_cli", "up", "--engine", "sim", "--state-dir", str(state),
            "--nats-port", ports[0], "--http-port", ports[1], "--grpc-port", ports[2],
            "--mcm-port", ports[3]]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

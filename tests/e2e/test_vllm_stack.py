@@ -13,8 +13,8 @@ import pytest
 
 from basalt import subjects
 from basalt.kvevents import BlockRemoved, BlockStored, batch_from_proto
-from basalt.natsserver import NatsServer
 from basalt.pb import events_pb2, runtime_pb2, runtime_pb2_grpc
+from basalt_tools.natsserver import NatsServer
 from tests.router_process import RouterProcess, write_deployments
 from tests.runtime_process import RuntimeProcess
 

@@ -9,7 +9,7 @@ import pytest
 from nats.aio.client import Client
 
 from basalt import bus
-from basalt.natsserver import NatsServer
+from basalt_tools.natsserver import NatsServer
 
 
 @pytest.fixture(scope="module")

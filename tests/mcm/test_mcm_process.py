@@ -16,8 +16,8 @@ from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
 from basalt import bus
-from basalt.natsserver import NatsServer
 from basalt.pb import events_pb2
+from basalt_tools.natsserver import NatsServer
 from services.mcm.reconciler import read_replicas
 from services.mcm.scale import publish_scale
 from services.mcm.store import Store

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from basalt import bus
-from basalt.natsserver import NatsServer
 from basalt.pb import deploy_pb2, events_pb2
+from basalt_tools.natsserver import NatsServer
 from services.mcm.providers import LocalProvider, Provider, SimCloudProvider, parse_config
 from services.mcm.reconciler import Reconciler, ReconcilerSettings, read_replicas
 from services.mcm.store import Store

@@ -20,8 +20,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from basalt import subjects
-from basalt.natsserver import NatsServer
 from basalt.pb import deploy_pb2
+from basalt_tools.natsserver import NatsServer
 from tests.router_process import RouterProcess, write_deployments
 from tests.runtime_process import REPO, RuntimeProcess
 from tests.triton_client import (
@@ -96,7 +96,7 @@ def stack(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory):
         for router in routers:
             router.start()
         key = subprocess.run(
-            [sys.executable, "-m", "basalt.cli", "keys", "create", "--name", "kserve-test",
+            [sys.executable, "-m", "basalt_cli", "keys", "create", "--name", "kserve-test",
              "--nats-url", nats_server.url], cwd=REPO, capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
         s = Stack(triton, routers[0], routers[1], key)

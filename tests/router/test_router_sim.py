@@ -14,8 +14,8 @@ import openai
 import pytest
 
 from basalt import subjects
-from basalt.natsserver import NatsServer
 from basalt.pb import deploy_pb2
+from basalt_tools.natsserver import NatsServer
 from tests.router_process import RouterProcess, write_deployments
 from tests.runtime_process import REPO, RuntimeProcess
 
@@ -280,7 +280,7 @@ def test_api_keys_guard_every_route_but_health(nats_server: NatsServer, tmp_path
     router = RouterProcess(nats_server.url, tmp_path, deps, name="router-auth", extra=["--auth"])
     try:
         router.start()
-        key = subprocess.run([sys.executable, "-m", "basalt.cli", "keys", "create", "--name", "t",
+        key = subprocess.run([sys.executable, "-m", "basalt_cli", "keys", "create", "--name", "t",
                               "--nats-url", nats_server.url], cwd=REPO, capture_output=True,
                              text=True, check=True).stdout.strip()
         body = {"model": "authm", "prompt": "hi", "max_tokens": 2}

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from basalt.natsserver import NatsServer
+from basalt_tools.natsserver import NatsServer
 from tests.runtime_process import RuntimeProcess
 from tests.triton_client import (
     Spec,

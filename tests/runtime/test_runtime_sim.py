@@ -14,8 +14,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from basalt import bus, subjects
 from basalt.kvevents import BlockRemoved, BlockStored, batch_from_proto
-from basalt.natsserver import NatsServer
 from basalt.pb import events_pb2, runtime_pb2, runtime_pb2_grpc
+from basalt_tools.natsserver import NatsServer
 from tests.runtime_process import RuntimeProcess
 
 pytestmark = pytest.mark.integration

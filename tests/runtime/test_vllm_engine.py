@@ -15,8 +15,8 @@ pytest.importorskip("vllm")
 import psutil  # comes with vllm
 
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent
-from basalt.tinymodel import LORA_NAME
 from basalt.tokenizer import load_tokenizer
+from basalt_tools.tinymodel import LORA_NAME
 from services.runtime.engine import (
     Engine,
     EngineInfo,

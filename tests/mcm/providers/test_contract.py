@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from basalt.ids import ReplicaId
-from basalt.natsserver import NatsServer
+from basalt_tools.natsserver import NatsServer
 from services.mcm.providers.base import Provider
 from services.mcm.providers.local import LocalProvider
 from services.mcm.providers.simcloud import SimCloudProvider

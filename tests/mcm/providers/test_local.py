@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from basalt.natsserver import NatsServer
+from basalt_tools.natsserver import NatsServer
 from services.mcm.errors import ReplicaExited, UnknownCluster
 from services.mcm.inventory import Scope
 from services.mcm.providers.local import LOCAL_CLUSTER, LocalProvider

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from basalt.natsserver import NatsServer
+from basalt_tools.natsserver import NatsServer
 from services.mcm.blocklist import Blocklist
 from services.mcm.errors import ProviderError
 from services.mcm.inventory import DeploymentId, Scope

@@ -1,7 +1,7 @@
 """Reading KServe v2 requests: tensors, an LLM call, a python model's JSON payload (no I/O).
 
 Also what a request may ask for (its outputs, stream on ModelInfer). The conventions are
-described in basalt.kserve_codec, which re-exports this module.
+described in basalt.kserve.codec, which re-exports this module.
 
 Never import this module (it loads basalt.pb.kserve_pb2) into a process that imports
 tritonclient: both register the same `inference.*` protobuf symbols.

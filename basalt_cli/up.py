@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from basalt.natsserver import NatsServer
+from basalt_tools.natsserver import NatsServer
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = {"vllm": REPO / "deploy" / "local" / "tiny.yaml",
@@ -123,8 +123,9 @@ async def _make_key(nats_url: str) -> str:
 
 def main(argv: list[str]) -> int:
     ns = _args(argv)
-    from basalt import ctl, deployfile
-    from basalt.tinymodel import make_tiny_model
+    from basalt import deployfile
+    from basalt_cli import ctl
+    from basalt_tools.tinymodel import make_tiny_model
 
     state = ns.state_dir.resolve()
     print("building the tiny model if missing ...", flush=True)

@@ -1,7 +1,7 @@
 """Building KServe v2 responses: outputs shaped into responses, and the messages (no I/O).
 
 LLM text deltas and python-model JSON documents become responses; then the response, stream,
-error and metadata messages. The conventions are described in basalt.kserve_codec, which
+error and metadata messages. The conventions are described in basalt.kserve.codec, which
 re-exports this module.
 
 Never import this module (it loads basalt.pb.kserve_pb2) into a process that imports
@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import struct
 
-from basalt.kserve_requests import LLM_INPUTS, PYTHON_INPUT, PYTHON_PLATFORM, LlmCall, output_name
+from basalt.kserve.requests import LLM_INPUTS, PYTHON_INPUT, PYTHON_PLATFORM, LlmCall, output_name
 from basalt.pb import kserve_pb2 as pb
 
 SERVER_NAME = "basalt"

@@ -28,7 +28,7 @@ def _make_tiny_model(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="basalt make-tiny-model")
     parser.add_argument("dir", type=Path, help="where to write the model")
     ns = parser.parse_args(args)
-    from basalt.tinymodel import make_tiny_model
+    from basalt_tools.tinymodel import make_tiny_model
 
     print(make_tiny_model(ns.dir))
     return 0
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "bench":
         return _bench(rest)
     if cmd in ("deploy", "status", "scale", "promote", "logs"):
-        from basalt.ctl import main as ctl_main
+        from basalt_cli.ctl import main as ctl_main
 
         return ctl_main(cmd, rest)
     if cmd == "mcm":
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return mcm_main(rest)
     if cmd == "up":
-        from basalt.up import main as up_main
+        from basalt_cli.up import main as up_main
 
         return up_main(rest)
     print(f"basalt: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)

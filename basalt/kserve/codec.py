@@ -1,7 +1,7 @@
 """KServe v2 / Triton request decoding and response building, shared by runtime and router (no I/O).
 
-This module is the one import for both halves: requests are read in basalt.kserve_requests,
-responses built in basalt.kserve_responses; every public name of either is re-exported here.
+This module is the one import for both halves: requests are read in basalt.kserve.requests,
+responses built in basalt.kserve.responses; every public name of either is re-exported here.
 
 LLM models follow Triton's vLLM / TensorRT-LLM backend convention. Inputs: `text_input` (BYTES,
 shape [1] or [1, 1]); optional `max_tokens`, `top_k`, `seed` / `random_seed` (any integer type),
@@ -26,7 +26,7 @@ tritonclient: both register the same `inference.*` protobuf symbols.
 
 from __future__ import annotations
 
-from basalt.kserve_requests import (
+from basalt.kserve.requests import (
     LLM_INPUTS,
     LLM_OUTPUT,
     PYTHON_INPUT,
@@ -43,7 +43,7 @@ from basalt.kserve_requests import (
     refuse_stream_on_infer,
     sampling_from_settings,
 )
-from basalt.kserve_responses import (
+from basalt.kserve.responses import (
     FINAL_FLAG,
     SERVER_NAME,
     SERVER_VERSION,
