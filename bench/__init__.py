@@ -1,1 +1,4 @@
-"""basalt benchmarks: each module has a `run(json_out=None) -> dict` that prints a markdown table."""
+"""basalt benchmarks (`basalt bench ...`): each prints a markdown table and can record it in
+docs/benchmarks.md. They may import the services and the tools, never the CLI."""
+
+__all__ = ["index_micro", "replay", "report", "routing", "routing_live", "runtime", "traces"]

@@ -1,1 +1,3 @@
-"""basalt autoscaler service (see its issue; not built yet)."""
+"""basalt autoscaler service: not built yet (its issue is open); it will follow the same shape."""
+
+__all__: list[str] = []

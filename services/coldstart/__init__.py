@@ -1,1 +1,3 @@
-"""basalt coldstart service (see its issue; not built yet)."""
+"""basalt coldstart service: not built yet (its issue is open); it will follow the same shape."""
+
+__all__: list[str] = []
