@@ -42,9 +42,9 @@ from services.router.fleet import Fleet
 from services.router.index import PrefixIndex
 from services.router.policy import RoundRobinState, choose
 from services.router.types import PolicyConfig, PolicyKind, RouteRequest
-from services.runtime.errors import PromptTooLong
-from services.runtime.sim.config import SimConfig
-from services.runtime.sim.core import SimReplicaCore, StepResult, validate_request
+from services.runtime.core.errors import PromptTooLong
+from services.runtime.engines.sim.core.config import SimConfig
+from services.runtime.engines.sim.core.replica import SimReplicaCore, StepResult, validate_request
 
 from .traces import Trace, TraceBounds, bounds
 

@@ -36,7 +36,7 @@ def _prompts(n: int, length: int, vocab: int) -> list[list[int]]:
 
 
 async def _in_process(model: Path, prompts: list[list[int]], max_tokens: int, conc: int) -> Result:
-    from services.runtime.engine import GenerateInput, SamplingParams
+    from services.runtime.core.engine import GenerateInput, SamplingParams
     from services.runtime.engines.vllm import VllmConfig, VllmEngine
 
     engine = VllmEngine(VllmConfig(model=str(model), max_num_seqs=conc))

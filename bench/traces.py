@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from services.router.hashing import BlockHasher, chain_bytes, tokens_to_bytes
-from services.runtime.sim.sequence import output_token_id, request_token_seed
+from services.runtime.engines.sim.core.sequence import output_token_id, request_token_seed
 
 MOONCAKE_BLOCK_TOKENS = 512
 VOCAB_SIZE = 32_000

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from basalt.pb import events_pb2 as basalt_dot_pb_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62\x61salt/pb/runtime.proto\x12\tbasalt.v1\x1a\x16\x62\x61salt/pb/events.proto\"\xe0\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x16\n\x0estop_token_ids\x18\x08 \x03(\rB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\x7f\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.basalt.v1.SamplingParams\x12\x11\n\tlora_name\x18\x04 \x01(\t\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\"\x84\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.basalt.v1.FinishReason\x12\x1f\n\x05usage\x18\x04 \x01(\x0b\x32\x10.basalt.v1.Usage\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"8\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\njson_input\x18\x02 \x01(\x0c\"&\n\x0fPredictResponse\x12\x13\n\x0bjson_output\x18\x01 \x01(\x0c\"\x14\n\x12\x44umpKvStateRequest\"e\n\x0bKvStateDump\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12&\n\x06\x62locks\x18\x03 \x03(\x0b\x32\x16.basalt.v1.BlockStored\x12\r\n\x05\x65poch\x18\x04 \x01(\t\"\x11\n\x0f\x44\x65scribeRequest\"7\n\x0fLoadLoraRequest\x12\x11\n\tlora_name\x18\x01 \x01(\t\x12\x11\n\tlora_path\x18\x02 \x01(\t\"\x12\n\x10LoadLoraResponse\"&\n\x11UnloadLoraRequest\x12\x11\n\tlora_name\x18\x01 \x01(\t\"\x14\n\x12UnloadLoraResponse*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\xe8\x03\n\x07Runtime\x12\x45\n\x08Generate\x12\x1a.basalt.v1.GenerateRequest\x1a\x1b.basalt.v1.GenerateResponse0\x01\x12:\n\x05\x41\x62ort\x12\x17.basalt.v1.AbortRequest\x1a\x18.basalt.v1.AbortResponse\x12\x42\n\x07Predict\x12\x19.basalt.v1.PredictRequest\x1a\x1a.basalt.v1.PredictResponse0\x01\x12\x44\n\x0b\x44umpKvState\x12\x1d.basalt.v1.DumpKvStateRequest\x1a\x16.basalt.v1.KvStateDump\x12@\n\x08\x44\x65scribe\x12\x1a.basalt.v1.DescribeRequest\x1a\x18.basalt.v1.ReplicaRecord\x12\x43\n\x08LoadLora\x12\x1a.basalt.v1.LoadLoraRequest\x1a\x1b.basalt.v1.LoadLoraResponse\x12I\n\nUnloadLora\x12\x1c.basalt.v1.UnloadLoraRequest\x1a\x1d.basalt.v1.UnloadLoraResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62\x61salt/pb/runtime.proto\x12\tbasalt.v1\x1a\x16\x62\x61salt/pb/events.proto\"\xe0\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x16\n\x0estop_token_ids\x18\x08 \x03(\rB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\x7f\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.basalt.v1.SamplingParams\x12\x11\n\tlora_name\x18\x04 \x01(\t\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\"\x84\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.basalt.v1.FinishReason\x12\x1f\n\x05usage\x18\x04 \x01(\x0b\x32\x10.basalt.v1.Usage\"8\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\njson_input\x18\x02 \x01(\x0c\"&\n\x0fPredictResponse\x12\x13\n\x0bjson_output\x18\x01 \x01(\x0c\"\x14\n\x12\x44umpKvStateRequest\"e\n\x0bKvStateDump\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12&\n\x06\x62locks\x18\x03 \x03(\x0b\x32\x16.basalt.v1.BlockStored\x12\r\n\x05\x65poch\x18\x04 \x01(\t\"7\n\x0fLoadLoraRequest\x12\x11\n\tlora_name\x18\x01 \x01(\t\x12\x11\n\tlora_path\x18\x02 \x01(\t\"\x12\n\x10LoadLoraResponse\"&\n\x11UnloadLoraRequest\x12\x11\n\tlora_name\x18\x01 \x01(\t\"\x14\n\x12UnloadLoraResponse*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\xea\x02\n\x07Runtime\x12\x45\n\x08Generate\x12\x1a.basalt.v1.GenerateRequest\x1a\x1b.basalt.v1.GenerateResponse0\x01\x12\x42\n\x07Predict\x12\x19.basalt.v1.PredictRequest\x1a\x1a.basalt.v1.PredictResponse0\x01\x12\x44\n\x0b\x44umpKvState\x12\x1d.basalt.v1.DumpKvStateRequest\x1a\x16.basalt.v1.KvStateDump\x12\x43\n\x08LoadLora\x12\x1a.basalt.v1.LoadLoraRequest\x1a\x1b.basalt.v1.LoadLoraResponse\x12I\n\nUnloadLora\x12\x1c.basalt.v1.UnloadLoraRequest\x1a\x1d.basalt.v1.UnloadLoraResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'basalt.pb.runtime_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1091
-  _globals['_FINISHREASON']._serialized_end=1211
+  _globals['_FINISHREASON']._serialized_start=1004
+  _globals['_FINISHREASON']._serialized_end=1124
   _globals['_SAMPLINGPARAMS']._serialized_start=63
   _globals['_SAMPLINGPARAMS']._serialized_end=287
   _globals['_GENERATEREQUEST']._serialized_start=289
@@ -42,28 +42,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGE']._serialized_end=505
   _globals['_GENERATERESPONSE']._serialized_start=508
   _globals['_GENERATERESPONSE']._serialized_end=640
-  _globals['_ABORTREQUEST']._serialized_start=642
-  _globals['_ABORTREQUEST']._serialized_end=676
-  _globals['_ABORTRESPONSE']._serialized_start=678
-  _globals['_ABORTRESPONSE']._serialized_end=708
-  _globals['_PREDICTREQUEST']._serialized_start=710
-  _globals['_PREDICTREQUEST']._serialized_end=766
-  _globals['_PREDICTRESPONSE']._serialized_start=768
-  _globals['_PREDICTRESPONSE']._serialized_end=806
-  _globals['_DUMPKVSTATEREQUEST']._serialized_start=808
-  _globals['_DUMPKVSTATEREQUEST']._serialized_end=828
-  _globals['_KVSTATEDUMP']._serialized_start=830
-  _globals['_KVSTATEDUMP']._serialized_end=931
-  _globals['_DESCRIBEREQUEST']._serialized_start=933
-  _globals['_DESCRIBEREQUEST']._serialized_end=950
-  _globals['_LOADLORAREQUEST']._serialized_start=952
-  _globals['_LOADLORAREQUEST']._serialized_end=1007
-  _globals['_LOADLORARESPONSE']._serialized_start=1009
-  _globals['_LOADLORARESPONSE']._serialized_end=1027
-  _globals['_UNLOADLORAREQUEST']._serialized_start=1029
-  _globals['_UNLOADLORAREQUEST']._serialized_end=1067
-  _globals['_UNLOADLORARESPONSE']._serialized_start=1069
-  _globals['_UNLOADLORARESPONSE']._serialized_end=1089
-  _globals['_RUNTIME']._serialized_start=1214
-  _globals['_RUNTIME']._serialized_end=1702
+  _globals['_PREDICTREQUEST']._serialized_start=642
+  _globals['_PREDICTREQUEST']._serialized_end=698
+  _globals['_PREDICTRESPONSE']._serialized_start=700
+  _globals['_PREDICTRESPONSE']._serialized_end=738
+  _globals['_DUMPKVSTATEREQUEST']._serialized_start=740
+  _globals['_DUMPKVSTATEREQUEST']._serialized_end=760
+  _globals['_KVSTATEDUMP']._serialized_start=762
+  _globals['_KVSTATEDUMP']._serialized_end=863
+  _globals['_LOADLORAREQUEST']._serialized_start=865
+  _globals['_LOADLORAREQUEST']._serialized_end=920
+  _globals['_LOADLORARESPONSE']._serialized_start=922
+  _globals['_LOADLORARESPONSE']._serialized_end=940
+  _globals['_UNLOADLORAREQUEST']._serialized_start=942
+  _globals['_UNLOADLORAREQUEST']._serialized_end=980
+  _globals['_UNLOADLORARESPONSE']._serialized_start=982
+  _globals['_UNLOADLORARESPONSE']._serialized_end=1002
+  _globals['_RUNTIME']._serialized_start=1127
+  _globals['_RUNTIME']._serialized_end=1489
 # @@protoc_insertion_point(module_scope)

@@ -73,18 +73,6 @@ class GenerateResponse(_message.Message):
     usage: Usage
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
-class AbortRequest(_message.Message):
-    __slots__ = ("request_id",)
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
-    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
-
-class AbortResponse(_message.Message):
-    __slots__ = ("found",)
-    FOUND_FIELD_NUMBER: _ClassVar[int]
-    found: bool
-    def __init__(self, found: _Optional[bool] = ...) -> None: ...
-
 class PredictRequest(_message.Message):
     __slots__ = ("request_id", "json_input")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -114,10 +102,6 @@ class KvStateDump(_message.Message):
     blocks: _containers.RepeatedCompositeFieldContainer[_events_pb2.BlockStored]
     epoch: str
     def __init__(self, replica_id: _Optional[str] = ..., seq: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[_events_pb2.BlockStored, _Mapping]]] = ..., epoch: _Optional[str] = ...) -> None: ...
-
-class DescribeRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
 
 class LoadLoraRequest(_message.Message):
     __slots__ = ("lora_name", "lora_path")

@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from basalt.pb import events_pb2 as basalt_dot_pb_dot_events__pb2
 from basalt.pb import runtime_pb2 as basalt_dot_pb_dot_runtime__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -27,7 +26,10 @@ if _version_not_supported:
 
 
 class RuntimeStub:
-    """Missing associated documentation comment in .proto file."""
+    """A client stops a request by cancelling its Generate stream (the replica aborts the sequence
+    and frees its blocks); a replica describes itself in its ReplicaRecord in NATS KV. The former
+    Abort and Describe RPCs had no callers and were removed.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -40,11 +42,6 @@ class RuntimeStub:
                 request_serializer=basalt_dot_pb_dot_runtime__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=basalt_dot_pb_dot_runtime__pb2.GenerateResponse.FromString,
                 _registered_method=True)
-        self.Abort = channel.unary_unary(
-                '/basalt.v1.Runtime/Abort',
-                request_serializer=basalt_dot_pb_dot_runtime__pb2.AbortRequest.SerializeToString,
-                response_deserializer=basalt_dot_pb_dot_runtime__pb2.AbortResponse.FromString,
-                _registered_method=True)
         self.Predict = channel.unary_stream(
                 '/basalt.v1.Runtime/Predict',
                 request_serializer=basalt_dot_pb_dot_runtime__pb2.PredictRequest.SerializeToString,
@@ -54,11 +51,6 @@ class RuntimeStub:
                 '/basalt.v1.Runtime/DumpKvState',
                 request_serializer=basalt_dot_pb_dot_runtime__pb2.DumpKvStateRequest.SerializeToString,
                 response_deserializer=basalt_dot_pb_dot_runtime__pb2.KvStateDump.FromString,
-                _registered_method=True)
-        self.Describe = channel.unary_unary(
-                '/basalt.v1.Runtime/Describe',
-                request_serializer=basalt_dot_pb_dot_runtime__pb2.DescribeRequest.SerializeToString,
-                response_deserializer=basalt_dot_pb_dot_events__pb2.ReplicaRecord.FromString,
                 _registered_method=True)
         self.LoadLora = channel.unary_unary(
                 '/basalt.v1.Runtime/LoadLora',
@@ -73,17 +65,13 @@ class RuntimeStub:
 
 
 class RuntimeServicer:
-    """Missing associated documentation comment in .proto file."""
+    """A client stops a request by cancelling its Generate stream (the replica aborts the sequence
+    and frees its blocks); a replica describes itself in its ReplicaRecord in NATS KV. The former
+    Abort and Describe RPCs had no callers and were removed.
+    """
 
     def Generate(self, request, context):
         """Stream generated tokens for prompt token ids (the router tokenizes).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Abort(self, request, context):
-        """Stop a running request and free its KV blocks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,13 +86,6 @@ class RuntimeServicer:
 
     def DumpKvState(self, request, context):
         """Every block now in the replica's prefix cache, for a consumer that missed events.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Describe(self, request, context):
-        """The replica's own record (same as in the replica KV bucket).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,11 +111,6 @@ def add_RuntimeServicer_to_server(servicer, server):
                     request_deserializer=basalt_dot_pb_dot_runtime__pb2.GenerateRequest.FromString,
                     response_serializer=basalt_dot_pb_dot_runtime__pb2.GenerateResponse.SerializeToString,
             ),
-            'Abort': grpc.unary_unary_rpc_method_handler(
-                    servicer.Abort,
-                    request_deserializer=basalt_dot_pb_dot_runtime__pb2.AbortRequest.FromString,
-                    response_serializer=basalt_dot_pb_dot_runtime__pb2.AbortResponse.SerializeToString,
-            ),
             'Predict': grpc.unary_stream_rpc_method_handler(
                     servicer.Predict,
                     request_deserializer=basalt_dot_pb_dot_runtime__pb2.PredictRequest.FromString,
@@ -144,11 +120,6 @@ def add_RuntimeServicer_to_server(servicer, server):
                     servicer.DumpKvState,
                     request_deserializer=basalt_dot_pb_dot_runtime__pb2.DumpKvStateRequest.FromString,
                     response_serializer=basalt_dot_pb_dot_runtime__pb2.KvStateDump.SerializeToString,
-            ),
-            'Describe': grpc.unary_unary_rpc_method_handler(
-                    servicer.Describe,
-                    request_deserializer=basalt_dot_pb_dot_runtime__pb2.DescribeRequest.FromString,
-                    response_serializer=basalt_dot_pb_dot_events__pb2.ReplicaRecord.SerializeToString,
             ),
             'LoadLora': grpc.unary_unary_rpc_method_handler(
                     servicer.LoadLora,
@@ -169,7 +140,10 @@ def add_RuntimeServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Runtime:
-    """Missing associated documentation comment in .proto file."""
+    """A client stops a request by cancelling its Generate stream (the replica aborts the sequence
+    and frees its blocks); a replica describes itself in its ReplicaRecord in NATS KV. The former
+    Abort and Describe RPCs had no callers and were removed.
+    """
 
     @staticmethod
     def Generate(request,
@@ -188,33 +162,6 @@ class Runtime:
             '/basalt.v1.Runtime/Generate',
             basalt_dot_pb_dot_runtime__pb2.GenerateRequest.SerializeToString,
             basalt_dot_pb_dot_runtime__pb2.GenerateResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Abort(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/basalt.v1.Runtime/Abort',
-            basalt_dot_pb_dot_runtime__pb2.AbortRequest.SerializeToString,
-            basalt_dot_pb_dot_runtime__pb2.AbortResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -269,33 +216,6 @@ class Runtime:
             '/basalt.v1.Runtime/DumpKvState',
             basalt_dot_pb_dot_runtime__pb2.DumpKvStateRequest.SerializeToString,
             basalt_dot_pb_dot_runtime__pb2.KvStateDump.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Describe(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/basalt.v1.Runtime/Describe',
-            basalt_dot_pb_dot_runtime__pb2.DescribeRequest.SerializeToString,
-            basalt_dot_pb_dot_events__pb2.ReplicaRecord.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,1 +1,10 @@
-"""basalt runtime: one replica = one model in one engine, served over gRPC; KV events on NATS."""
+"""basalt runtime: one replica = one model in one engine, served over gRPC; KV events on NATS.
+
+`core/` holds the rules (pure); `engines/` every engine; beside them the adapters: `server`
+(gRPC), `kserve` (KServe v2 servicer), `publisher` (NATS), `factory`, `config`, `metrics`, and
+`main` wiring them.
+"""
+
+__all__ = [
+    "config", "core", "engines", "factory", "kserve", "main", "metrics", "publisher", "server",
+]

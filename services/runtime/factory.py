@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from services.runtime.core.engine import Engine
+
 from .config import EngineKind, RuntimeSettings
-from .engine import Engine
 
 
 def _has_tokenizer(model: str) -> bool:
@@ -33,7 +34,7 @@ def model_name(settings: RuntimeSettings) -> str:
 def make_engine(settings: RuntimeSettings, tokenizer: Any) -> Engine:
     name = model_name(settings)
     if settings.engine is EngineKind.SIM:
-        from .sim.engine import SimConfig, SimEngine
+        from services.runtime.engines.sim.engine import SimConfig, SimEngine
 
         sim_config = SimConfig(
             model_name=name,

@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 
@@ -20,20 +20,16 @@ from basalt.kserve.codec import InvalidInput, Response
 from basalt.kserve.server import closing_stream, interleave, log_failure
 from basalt.pb import kserve_pb2 as pb
 from basalt.pb import kserve_pb2_grpc
-
-from .convert import sampling_from_proto
-from .engine import Engine, GenerateInput
-from .errors import (  # UnknownModel and NotReady are re-exported: they were defined here
+from basalt.tokenizer import Tokenizer
+from services.runtime.core.convert import sampling_from_proto
+from services.runtime.core.engine import Engine, GenerateInput
+from services.runtime.core.errors import (
     Draining,
     InvalidRequest,
     NotReady,
     RuntimeServiceError,
     UnknownModel,
 )
-
-
-class Tokenizer(Protocol):
-    def encode(self, text: str) -> list[int]: ...
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -18,9 +18,9 @@ from basalt import log as blog
 from basalt.config import parse
 from basalt.metrics import serve_metrics
 from basalt.pb import events_pb2, kserve_pb2, kserve_pb2_grpc, runtime_pb2, runtime_pb2_grpc
+from services.runtime.core.engine import EngineInfo
 
 from .config import RuntimeSettings
-from .engine import EngineInfo
 from .factory import make_engine, make_tokenizer, model_name
 from .kserve import KServeServicer
 from .publisher import Heartbeat, KvEventPublisher, LoadReporter

@@ -13,11 +13,11 @@ from basalt import subjects
 from basalt.kvevents import KvEvent, KvEventBatchData, batch_to_proto
 from basalt.log import get_logger
 from basalt.pb import events_pb2
+from services.runtime.core.engine import Engine
+from services.runtime.core.latency import LatencyWindow, Percentiles
+from services.runtime.core.mirror import KvMirror
 
 from . import metrics
-from .engine import Engine
-from .latency import LatencyWindow, Percentiles
-from .mirror import KvMirror
 
 log = get_logger(__name__)
 

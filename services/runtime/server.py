@@ -1,9 +1,10 @@
-"""The runtime's gRPC service: Generate, Abort, Predict, KV dump, LoRA (does I/O: grpc.aio)."""
+"""The runtime's gRPC service: Generate, Predict, KV dump, LoRA (does I/O: grpc.aio)."""
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -11,11 +12,11 @@ import grpc
 from basalt.kvevents import stored_to_proto
 from basalt.log import bind_request_id, clear_request_id, get_logger
 from basalt.pb import events_pb2, runtime_pb2, runtime_pb2_grpc
+from services.runtime.core.convert import chunk_to_proto, generate_input_from_proto
+from services.runtime.core.engine import Engine
+from services.runtime.core.errors import Draining, InvalidRequest, RuntimeServiceError
 
 from . import metrics
-from .convert import chunk_to_proto, generate_input_from_proto
-from .engine import Engine
-from .errors import Draining, InvalidRequest, RuntimeServiceError
 from .publisher import KvEventPublisher, LoadReporter
 
 log = get_logger(__name__)
@@ -60,7 +61,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
     ) -> AsyncIterator[runtime_pb2.GenerateResponse]:
         await self._refuse_if_draining(context)
         try:
-            inp = generate_input_from_proto(request)
+            inp = generate_input_from_proto(request, fallback_id=uuid.uuid4().hex)
         except InvalidRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         bind_request_id(inp.request_id)
@@ -105,11 +106,6 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         reason = chunk.finish_reason.value if chunk.finish_reason else "unknown"
         metrics.REQUESTS.labels(**self.labels, finished_reason=reason).inc()
 
-    async def Abort(
-        self, request: runtime_pb2.AbortRequest, context: grpc.aio.ServicerContext
-    ) -> runtime_pb2.AbortResponse:
-        return runtime_pb2.AbortResponse(found=await self.engine.abort(request.request_id))
-
     async def Predict(
         self, request: runtime_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[runtime_pb2.PredictResponse]:
@@ -143,11 +139,6 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
             epoch=self.kv.epoch,
             blocks=[stored_to_proto(b) for b in blocks],
         )
-
-    async def Describe(
-        self, request: runtime_pb2.DescribeRequest, context: grpc.aio.ServicerContext
-    ) -> events_pb2.ReplicaRecord:
-        return self.record()
 
     async def LoadLora(
         self, request: runtime_pb2.LoadLoraRequest, context: grpc.aio.ServicerContext

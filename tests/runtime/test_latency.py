@@ -1,6 +1,6 @@
 """Latency windows forget old samples and report sane percentiles."""
 
-from services.runtime.latency import LatencyWindow, percentiles
+from services.runtime.core.latency import LatencyWindow, percentiles
 
 
 def test_percentiles_of_known_values() -> None:

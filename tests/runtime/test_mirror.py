@@ -1,7 +1,7 @@
 """The runtime's KV mirror answers dumps that rebuild the same cache, parents first."""
 
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored
-from services.runtime.mirror import KvMirror
+from services.runtime.core.mirror import KvMirror
 
 
 def _stored(hashes, parent, size=2):

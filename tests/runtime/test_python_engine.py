@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.runtime.engine import Engine, GenerateInput, SamplingParams
+from services.runtime.core.engine import Engine, GenerateInput, SamplingParams
+from services.runtime.core.errors import InvalidRequest, NotSupported, RuntimeServiceError
 from services.runtime.engines.python_errors import (
     InvalidJsonInput,
     ModelCrashed,
@@ -24,7 +25,6 @@ from services.runtime.engines.python_model import (
     parse_truss_config,
     to_jsonable,
 )
-from services.runtime.errors import InvalidRequest, NotSupported, RuntimeServiceError
 
 MODELS = Path(__file__).parent / "models"
 

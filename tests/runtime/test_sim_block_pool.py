@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored
-from services.runtime.sim.block_pool import (
+from services.runtime.engines.sim.core.block_pool import (
     BlockPool,
     blake2b_64,
     hash_block_tokens,
     root_block_hash,
 )
-from services.runtime.sim.errors import OutOfBlocks
+from services.runtime.engines.sim.core.errors import OutOfBlocks
 
 BS = 4
 
@@ -48,7 +48,7 @@ def test_hashes_are_64_bit_chained_and_keyed_by_lora_and_seed() -> None:
 
 def test_hashes_do_not_depend_on_the_process() -> None:
     code = (
-        "from services.runtime.sim.block_pool import *;"
+        "from services.runtime.engines.sim.core.block_pool import *;"
         "print(hash_block_tokens(blake2b_64, root_block_hash(blake2b_64, 7), [5, 6, 7], 'x'))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -8,13 +8,17 @@ import random
 import pytest
 
 from basalt.kvevents import BlockRemoved, BlockStored, KvEvent
-from services.runtime.engine import FinishReason
-from services.runtime.errors import InvalidRequest, PromptTooLong
-from services.runtime.sim.config import SimConfig
-from services.runtime.sim.core import FinishedRequest, SimReplicaCore, StepResult
-from services.runtime.sim.errors import DuplicateRequest, SimConfigError, TokenOutOfVocab
-from services.runtime.sim.sequence import output_token_id, request_token_seed
-from services.runtime.sim.timing import TimingProfile, decode_time
+from services.runtime.core.engine import FinishReason
+from services.runtime.core.errors import InvalidRequest, PromptTooLong
+from services.runtime.engines.sim.core.config import SimConfig
+from services.runtime.engines.sim.core.errors import (
+    DuplicateRequest,
+    SimConfigError,
+    TokenOutOfVocab,
+)
+from services.runtime.engines.sim.core.replica import FinishedRequest, SimReplicaCore, StepResult
+from services.runtime.engines.sim.core.sequence import output_token_id, request_token_seed
+from services.runtime.engines.sim.core.timing import TimingProfile, decode_time
 
 BS = 4
 # Decode cost depends on batch size only, so step times are easy to predict.

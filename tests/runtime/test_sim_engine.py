@@ -9,22 +9,22 @@ from collections.abc import AsyncIterator
 import pytest
 
 from basalt.kvevents import BlockStored, KvEvent
-from services.runtime.engine import (
+from services.runtime.core.engine import (
     Engine,
     FinishReason,
     GenerateChunk,
     GenerateInput,
     SamplingParams,
 )
-from services.runtime.errors import (
+from services.runtime.core.errors import (
     Draining,
     InvalidRequest,
     NotSupported,
     PromptTooLong,
     UnknownLora,
 )
-from services.runtime.sim.core import SimReplicaCore
-from services.runtime.sim.engine import SimConfig, SimEngine
+from services.runtime.engines.sim.core.replica import SimReplicaCore
+from services.runtime.engines.sim.engine import SimConfig, SimEngine
 
 BS = 16
 

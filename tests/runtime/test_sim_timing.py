@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from services.runtime.sim.timing import (
+from services.runtime.engines.sim.core.timing import (
     LLAMA_3_1_8B_H100,
     StepLoad,
     TimingProfile,

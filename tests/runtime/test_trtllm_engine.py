@@ -12,7 +12,8 @@ import json
 import pytest
 
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored
-from services.runtime.engine import FinishReason, GenerateInput, SamplingParams
+from services.runtime.core.engine import FinishReason, GenerateInput, SamplingParams
+from services.runtime.core.errors import NotSupported
 from services.runtime.engines.trtllm import (
     IterationLoad,
     KvEventConverter,
@@ -22,7 +23,6 @@ from services.runtime.engines.trtllm import (
     load_from_iteration_stats,
     sampling_kwargs,
 )
-from services.runtime.errors import NotSupported
 
 BLOCK = 4
 

@@ -10,7 +10,8 @@ import pytest
 from basalt.kvevents import AllBlocksCleared as OurCleared
 from basalt.kvevents import BlockRemoved as OurRemoved
 from basalt.kvevents import BlockStored as OurStored
-from services.runtime.engine import FinishReason, GenerateInput, SamplingParams
+from services.runtime.core.engine import FinishReason, GenerateInput, SamplingParams
+from services.runtime.core.errors import InvalidRequest, PromptTooLong
 from services.runtime.engines.vllm_convert import (
     block_hash_to_int,
     check_input,
@@ -20,7 +21,6 @@ from services.runtime.engines.vllm_convert import (
     missing_batches,
     vllm_sampling_kwargs,
 )
-from services.runtime.errors import InvalidRequest, PromptTooLong
 
 
 @dataclass

@@ -17,7 +17,7 @@ import psutil  # comes with vllm
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent
 from basalt.tokenizer import load_tokenizer
 from basalt_tools.tinymodel import LORA_NAME
-from services.runtime.engine import (
+from services.runtime.core.engine import (
     Engine,
     EngineInfo,
     FinishReason,
@@ -25,8 +25,8 @@ from services.runtime.engine import (
     GenerateInput,
     SamplingParams,
 )
+from services.runtime.core.errors import InvalidRequest, PromptTooLong, UnknownLora
 from services.runtime.engines.vllm import VllmConfig, VllmEngine
-from services.runtime.errors import InvalidRequest, PromptTooLong, UnknownLora
 
 pytestmark = [pytest.mark.vllm, pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -1,1 +1,5 @@
-"""Engine implementations behind the runtime's Engine protocol: vllm, trtllm, python (no I/O here)."""
+"""Every engine behind the runtime's `Engine` protocol (no I/O here): `vllm` (with its pure
+conversions in `vllm_convert`), `trtllm` (unverified: no GPU here), `sim` (a simulator), and
+`python_model` (Truss-style models, errors in `python_errors`)."""
+
+__all__ = ["python_errors", "python_model", "sim", "trtllm", "vllm", "vllm_convert"]

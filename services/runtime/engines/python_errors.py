@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import json
 
-from ..errors import InvalidRequest, RuntimeServiceError
+from services.runtime.core.errors import InvalidRequest, RuntimeServiceError
 
 
 class Stage(enum.Enum):

@@ -35,9 +35,9 @@ import yaml
 
 from basalt import log as blog
 from basalt.kvevents import KvEvent
+from services.runtime.core.engine import EngineInfo, EngineStats, GenerateChunk, GenerateInput
+from services.runtime.core.errors import NotSupported
 
-from ..engine import EngineInfo, EngineStats, GenerateChunk, GenerateInput
-from ..errors import NotSupported
 from .python_errors import (
     InvalidJsonInput,
     ModelCrashed,

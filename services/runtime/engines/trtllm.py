@@ -27,8 +27,7 @@ from typing import Any
 
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent
 from basalt.log import get_logger
-
-from ..engine import (
+from services.runtime.core.engine import (
     EngineInfo,
     EngineStats,
     FinishReason,
@@ -37,7 +36,7 @@ from ..engine import (
     SamplingParams,
     Usage,
 )
-from ..errors import (  # TensorRtLlmMissing is re-exported: it was defined here
+from services.runtime.core.errors import (
     InvalidRequest,
     NotSupported,
     PromptTooLong,

@@ -17,9 +17,15 @@ from typing import Any
 
 from basalt.kvevents import KvEvent
 from basalt.log import get_logger
+from services.runtime.core.engine import (
+    EngineInfo,
+    EngineStats,
+    GenerateChunk,
+    GenerateInput,
+    Usage,
+)
+from services.runtime.core.errors import InvalidRequest, NotSupported, UnknownLora
 
-from ..engine import EngineInfo, EngineStats, GenerateChunk, GenerateInput, Usage
-from ..errors import InvalidRequest, NotSupported, UnknownLora
 from .vllm_convert import (
     check_input,
     convert_batch,

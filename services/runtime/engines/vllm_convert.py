@@ -8,9 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent
-
-from ..engine import FinishReason, GenerateInput, SamplingParams
-from ..errors import InvalidRequest, PromptTooLong
+from services.runtime.core.engine import FinishReason, GenerateInput, SamplingParams
+from services.runtime.core.errors import InvalidRequest, PromptTooLong
 
 _U64 = (1 << 64) - 1
 

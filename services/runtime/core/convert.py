@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-
 from basalt.pb import runtime_pb2
-
-from .engine import FinishReason, GenerateChunk, GenerateInput, SamplingParams
-from .errors import InvalidRequest
+from services.runtime.core.engine import FinishReason, GenerateChunk, GenerateInput, SamplingParams
+from services.runtime.core.errors import InvalidRequest
 
 _FINISH = {
     FinishReason.STOP: runtime_pb2.FINISH_REASON_STOP,
@@ -31,12 +28,13 @@ def sampling_from_proto(msg: runtime_pb2.SamplingParams) -> SamplingParams:
     return params
 
 
-def generate_input_from_proto(msg: runtime_pb2.GenerateRequest) -> GenerateInput:
-    """Validate a GenerateRequest; raises InvalidRequest with a message a user can act on."""
+def generate_input_from_proto(msg: runtime_pb2.GenerateRequest, fallback_id: str) -> GenerateInput:
+    """Validate a GenerateRequest; raises InvalidRequest with a message a user can act on.
+    `fallback_id` names a request that came without an id (the adapter draws it)."""
     if not msg.prompt_token_ids:
         raise InvalidRequest("prompt_token_ids is empty: send at least one token id")
     return GenerateInput(
-        request_id=msg.request_id or uuid.uuid4().hex,
+        request_id=msg.request_id or fallback_id,
         prompt_token_ids=list(msg.prompt_token_ids),
         sampling=sampling_from_proto(msg.sampling),
         lora_name=msg.lora_name or None,

@@ -31,12 +31,23 @@ from typing import Any
 from basalt.ids import RequestId
 from basalt.kvevents import KvEvent
 from basalt.log import get_logger
-
-from ..engine import EngineInfo, EngineStats, FinishReason, GenerateChunk, GenerateInput, Usage
-from ..errors import Draining, NotSupported, UnknownLora
-from .config import SimConfig
-from .core import FinishedRequest, SimReplicaCore, StepResult, validate_request
-from .errors import DuplicateRequest
+from services.runtime.core.engine import (
+    EngineInfo,
+    EngineStats,
+    FinishReason,
+    GenerateChunk,
+    GenerateInput,
+    Usage,
+)
+from services.runtime.core.errors import Draining, NotSupported, UnknownLora
+from services.runtime.engines.sim.core.config import SimConfig
+from services.runtime.engines.sim.core.errors import DuplicateRequest
+from services.runtime.engines.sim.core.replica import (
+    FinishedRequest,
+    SimReplicaCore,
+    StepResult,
+    validate_request,
+)
 
 __all__ = ["SimConfig", "SimEngine"]
 

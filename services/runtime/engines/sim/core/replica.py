@@ -2,7 +2,7 @@
 
 Virtual time only: the caller passes `now` (float seconds) in and gets step durations out;
 nothing here sleeps, reads a clock or draws from the world's randomness (jitter uses a
-`random.Random(config.seed)` of its own). A benchmark can drive dozens of cores in one
+`Random(config.seed)` of its own). A benchmark can drive dozens of cores in one
 process; the asyncio adapter (engine.py) drives one in real or scaled time.
 
 Driving a core in virtual time:
@@ -43,21 +43,20 @@ Public API:
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from random import Random
 
 from basalt.ids import RequestId
 from basalt.kvevents import BlockStored, KvEvent
-
-from ..engine import FinishReason
-from ..errors import InvalidRequest, PromptTooLong
-from .block_pool import BlockPool
-from .config import SimConfig
-from .errors import DuplicateRequest, TokenOutOfVocab
-from .scheduler import Scheduler
-from .sequence import Sequence, request_token_seed
-from .timing import jittered, step_duration
+from services.runtime.core.engine import FinishReason
+from services.runtime.core.errors import InvalidRequest, PromptTooLong
+from services.runtime.engines.sim.core.block_pool import BlockPool
+from services.runtime.engines.sim.core.config import SimConfig
+from services.runtime.engines.sim.core.errors import DuplicateRequest, TokenOutOfVocab
+from services.runtime.engines.sim.core.scheduler import Scheduler
+from services.runtime.engines.sim.core.sequence import Sequence, request_token_seed
+from services.runtime.engines.sim.core.timing import jittered, step_duration
 
 _EPS = 1e-9
 
@@ -142,7 +141,7 @@ class SimReplicaCore:
             token_lo=config.min_output_token_id,
             token_span=config.vocab_size - config.min_output_token_id,
         )
-        self._rng = random.Random(config.seed)
+        self._rng = Random(config.seed)
         self._busy_until = float("-inf")
         self._num_steps = 0
 

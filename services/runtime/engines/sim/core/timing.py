@@ -47,9 +47,9 @@ Public API:
 from __future__ import annotations
 
 import math
-import random
 from bisect import bisect_left
 from dataclasses import dataclass
+from random import Random
 
 
 @dataclass(slots=True, frozen=True)
@@ -145,7 +145,7 @@ def step_duration(profile: TimingProfile, load: StepLoad) -> float:
     )
 
 
-def jittered(duration: float, sigma: float, rng: random.Random) -> float:
+def jittered(duration: float, sigma: float, rng: Random) -> float:
     """`duration` times a log-normal factor with mean 1 (sigma of its log); as is for sigma 0."""
     if sigma <= 0.0 or duration <= 0.0:
         return duration

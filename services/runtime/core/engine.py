@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from basalt.kvevents import KvEvent
-
-from .errors import InvalidRequest
+from services.runtime.core.errors import InvalidRequest
 
 
 class FinishReason(enum.Enum):

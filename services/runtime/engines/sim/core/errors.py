@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import InvalidRequest
+from services.runtime.core.errors import InvalidRequest
 
 
 class SimConfigError(ValueError):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .block_pool import HashFunction, blake2b_64
-from .errors import SimConfigError
-from .timing import LLAMA_3_1_8B_H100, TimingProfile
+from services.runtime.engines.sim.core.block_pool import HashFunction, blake2b_64
+from services.runtime.engines.sim.core.errors import SimConfigError
+from services.runtime.engines.sim.core.timing import LLAMA_3_1_8B_H100, TimingProfile
 
 
 @dataclass(slots=True, frozen=True)

@@ -29,11 +29,15 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from basalt.ids import RequestId
-
-from ..engine import FinishReason
-from .block_pool import BlockPool
-from .sequence import TOKEN_CHUNK, Sequence, SequenceStatus, output_token_chunk
-from .timing import StepLoad, attention_pairs
+from services.runtime.core.engine import FinishReason
+from services.runtime.engines.sim.core.block_pool import BlockPool
+from services.runtime.engines.sim.core.sequence import (
+    TOKEN_CHUNK,
+    Sequence,
+    SequenceStatus,
+    output_token_chunk,
+)
+from services.runtime.engines.sim.core.timing import StepLoad, attention_pairs
 
 _RUNNING = SequenceStatus.RUNNING
 

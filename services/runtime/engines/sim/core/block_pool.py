@@ -44,8 +44,7 @@ from hashlib import blake2b
 
 from basalt.ids import EngineBlockHash
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent
-
-from .errors import OutOfBlocks
+from services.runtime.engines.sim.core.errors import OutOfBlocks
 
 HashFunction = Callable[[bytes], int]
 """Bytes to an unsigned 64-bit int; must be deterministic across processes."""

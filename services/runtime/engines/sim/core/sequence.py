@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 
 from basalt.ids import RequestId
-
-from ..engine import FinishReason
-from .block_pool import blake2b_64, token_bytes
+from services.runtime.core.engine import FinishReason
+from services.runtime.engines.sim.core.block_pool import blake2b_64, token_bytes
 
 _U64 = (1 << 64) - 1
 _BIG_ENDIAN = sys.byteorder == "big"
