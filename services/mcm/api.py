@@ -3,7 +3,7 @@ FastAPI over the NATS KV store).
 
 All state lives in NATS KV (`Store`); the router watches the same buckets, so every change here
 reaches it with no restart. A write is validated by a pure transition (`resources`) before
-anything is written, and applied with compare-and-set: on `store.Conflict` the record is read
+anything is written, and applied with compare-and-set: on `store.RevisionMismatch` the record is read
 again and the transition re-applied, up to RETRIES times, then 409 with nothing written.
 Operations that touch several records (create, delete, promote) run one at a time in this
 process and order their writes so that a crash between two leaves a state that serves traffic
@@ -29,28 +29,29 @@ from basalt import bus
 from basalt.apikeys import KeyVerifier, key_from_header
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2
-
-from . import resources as res
-from .api_errors import (
+from services.mcm.core import resources as res
+from services.mcm.core.api_errors import (
     ApiError,
+    Conflict,
     DeploymentExists,
     DevelopmentExists,
     EnvironmentExists,
+    InvalidRequest,
     MethodNotAllowed,
     NotFound,
     RouteNotFound,
     Unauthorized,
     WriteConflict,
 )
-from .resources import (
+from services.mcm.core.resources import (
     AutoscalingPatch,
     DeploymentBody,
     EnvironmentBody,
     PromoteBody,
     ScaleBody,
 )
-from .store import Conflict as StoreConflict
-from .store import Store
+
+from .store import RevisionMismatch, Store
 
 log = get_logger(__name__)
 OPEN_PATHS = ("/health",)
@@ -224,7 +225,7 @@ async def _create(ctx: _Ctx, model: str, body: Any) -> dict:
         rec = res.new_deployment(model, body, now, await ctx.store.list())
         try:
             revision = await ctx.store.create(rec)
-        except StoreConflict:
+        except RevisionMismatch:
             raise DeploymentExists(rec.id) from None
         if rec.kind == res.DEVELOPMENT:
             await _settle_development_race(ctx, rec, revision)
@@ -298,7 +299,7 @@ async def _update(ctx: _Ctx, model: str, deployment_id: str, change: Transition)
         try:
             await ctx.store.update(new, found.revision)  # type: ignore[union-attr]
             return new
-        except StoreConflict:
+        except RevisionMismatch:
             await asyncio.sleep(0.005 * (attempt + 1))
     raise WriteConflict(deployment_id, RETRIES)
 
@@ -343,8 +344,22 @@ async def _replicas(ctx: _Ctx) -> list[events_pb2.ReplicaRecord]:
 # -- errors and auth -----------------------------------------------------------------------
 
 
-def _json(e: ApiError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
+# The HTTP status of each API error (the most specific class listed wins; others are 500).
+HTTP_STATUS: dict[type[ApiError], int] = {
+    InvalidRequest: 422, Unauthorized: 401, NotFound: 404, RouteNotFound: 404,
+    MethodNotAllowed: 405, Conflict: 409,
+}
+
+
+def http_status(e: ApiError) -> int:
+    for cls in type(e).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def _json(e: ApiError, status: int | None = None) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=status or http_status(e))
 
 
 def _install_errors(app: FastAPI) -> None:
@@ -362,9 +377,7 @@ def _install_errors(app: FastAPI) -> None:
             return _json(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
         if e.status_code == 404:
             return _json(RouteNotFound(f"no route {request.method} {request.url.path}"))
-        err = ApiError(str(e.detail))
-        err.status = e.status_code
-        return _json(err)
+        return _json(ApiError(str(e.detail)), e.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception) -> JSONResponse:

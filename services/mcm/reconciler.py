@@ -1,20 +1,11 @@
 """The reconcile loop: reads deployments and replica records, plans, and launches and stops
-replicas through a provider (does I/O; the decision itself is `reconcile.plan`).
+replicas through a provider (does I/O; the decision is `core/reconcile.plan`, who is alive
+and who backs off is `core/liveness.Liveness`).
 
 Every tick: read the deployments (store), the replica records (`basalt_replicas`) and the
-replicas the provider runs for our owner id; plan; start each launch and stop as a task, so
-a slow provider never stalls the loop. What counts as one of our replicas:
-
-- a record with our owner whose process the provider lists (or that is being launched);
-- a record with our owner the provider does not list is gone once this process saw it listed
-  and then vanish (killed, lost host), or, for one it never listed, once its heartbeat is
-  older than `stale_after_s`; a vanished replica is replaced on the next tick;
-- a process the provider lists without a record yet is a pending launch, so a restarted
-  control plane (same owner id, same provider state) adopts launches still starting.
-
-A ProviderError blocks the cloud, region or zone its scope names for `block_ttl_s`; the next
-tick places elsewhere. A replica that exits before it was ever READY (bad model path, crash on
-start) delays that deployment's next launch: 2, 4, 8 ... up to `backoff_max_s` seconds.
+replicas the provider runs for our owner id; apply the liveness rules; plan; start each
+launch and stop as a task, so a slow provider never stalls the loop. A ProviderError blocks
+the cloud, region or zone its scope names for `block_ttl_s`; the next tick places elsewhere.
 """
 
 from __future__ import annotations
@@ -32,24 +23,24 @@ from basalt import bus
 from basalt.ids import ReplicaId
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2
-
-from .blocklist import Blocklist
-from .errors import PlacementError, ProviderError
-from .inventory import Cluster, ClusterName, DeploymentId
-from .placement import NO_LATENCY, Requirement
-from .providers.base import LaunchHandle, LaunchRequest, Provider
-from .reconcile import (
+from services.mcm.core.blocklist import Blocklist
+from services.mcm.core.errors import PlacementError, ProviderError
+from services.mcm.core.inventory import Cluster, DeploymentId
+from services.mcm.core.liveness import Liveness
+from services.mcm.core.placement import NO_LATENCY, Requirement
+from services.mcm.core.provider import LaunchHandle, LaunchRequest, Provider
+from services.mcm.core.reconcile import (
     Launch,
+    ObservedReplica,
     PendingLaunch,
     Plan,
     PlanContext,
-    ReplicaView,
     Stop,
     Target,
     plan,
-    view_from_record,
 )
-from .status import StartFailure, cluster_rows, status_doc
+from services.mcm.core.status import StartFailure, cluster_rows, status_doc
+
 from .store import Store
 
 log = get_logger(__name__)
@@ -111,7 +102,6 @@ class Reconciler:
         self.blocklist = Blocklist()
         # From the last plan: deployments short of replicas that no cluster fits, and why.
         self.unplaced: dict[DeploymentId, PlacementError] = {}
-        self.failures: dict[DeploymentId, StartFailure] = {}
         self.last_plan = Plan()
         self._seed = seed or secrets.token_hex(4)
         self._seq = 0
@@ -119,15 +109,10 @@ class Reconciler:
         self._launching: dict[ReplicaId, PendingLaunch] = {}
         self._launch_tasks: dict[ReplicaId, asyncio.Task[None]] = {}
         self._stop_tasks: dict[ReplicaId, asyncio.Task[None]] = {}
-        # Asked to stop by this process; kept until the replica's record and process are gone.
-        self._stopped: set[ReplicaId] = set()
-        # What the provider listed at the last tick, and replicas seen listed that vanished.
-        self._listed: dict[ReplicaId, LaunchHandle] = {}
         # Launches that finished since the last tick: gone at the next listing means died.
         self._launched: dict[ReplicaId, LaunchHandle] = {}
-        self._lost: set[ReplicaId] = set()
-        self._ever_ready: set[ReplicaId] = set()
-        self._first_seen: dict[ReplicaId, float] = {}
+        # The rules of who is alive, who vanished and who backs off (core/liveness.py).
+        self.live = Liveness(owner, settings.stale_after_s)
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
 
@@ -170,7 +155,7 @@ class Reconciler:
             self.owner, clusters, self.blocklist, now, self._seed, self._seq,
             latency() if callable(latency) else NO_LATENCY,
             launch_timeout_s=self.settings.launch_timeout_s,
-            stopping=frozenset(self._stop_tasks) | frozenset(self._stopped),
+            stopping=frozenset(self._stop_tasks) | frozenset(self.live.stopped),
         )
         result = plan({d: target_of(r) for d, r in deployments.items()}, views, pending, ctx)
         self._seq = result.next_seq
@@ -179,7 +164,7 @@ class Reconciler:
         for action in result.actions:
             if isinstance(action, Stop):
                 self._start_stop(action)
-            elif self._backing_off(action.deployment_id, now):
+            elif self.live.backing_off(action.deployment_id, now):
                 continue
             else:
                 self._start_launch(launch_request(deployments[action.deployment_id], action,
@@ -199,71 +184,31 @@ class Reconciler:
     def _observe(self, records: Mapping[ReplicaId, events_pb2.ReplicaRecord],
                  handles: list[LaunchHandle], launching: list[PendingLaunch],
                  launched: Mapping[ReplicaId, LaunchHandle], clusters: list[Cluster],
-                 now: float) -> tuple[list[ReplicaView], list[PendingLaunch]]:
-        """Views of the live replicas, and the launches without a record yet.
-
-        `launching` is read before the tick's first await: a launch that finishes during the
-        tick is then in `launching`, in `handles`, or both (the plan counts an id once);
-        one in `launched` finished before the listing, so if it is not listed it died."""
-        listed = {h.replica_id: h for h in handles}
-        for rid, rec in records.items():  # a dead replica's last record may still say READY
-            if rec.state == events_pb2.REPLICA_STATE_READY and rec.owner == self.owner:
-                self._ever_ready.add(rid)
-                self.failures.pop(DeploymentId(rec.deployment), None)
-        self._note_vanished(listed, {**launched, **self._listed}, clusters, now)
+                 now: float) -> tuple[list[ObservedReplica], list[PendingLaunch]]:
+        """Apply the liveness rules to what this tick read; log and count what vanished."""
+        seen = self.live.observe(records, handles, launching, launched, set(self._launching),
+                                 set(self._stop_tasks), clusters, now)
+        for gone in seen.vanished:
+            log.warning("replica_vanished", replica_id=gone.replica_id,
+                        deployment=gone.handle.deployment_id, cluster=gone.handle.cluster,
+                        was_ready=gone.was_ready)
+            if gone.start_failure:
+                self._start_failed(gone.handle, now)
         for rid in launched:
             self._launched.pop(rid, None)
-        self._listed = listed
-        views = []
-        for rid, rec in records.items():
-            if rec.owner == self.owner and not self._alive(rec, listed, now):
-                continue
-            handle = listed.get(rid)
-            started = handle.started_at if handle else self._first_seen.setdefault(rid, now)
-            views.append(view_from_record(rec, started))
-        pending = [PendingLaunch(h.replica_id, h.deployment_id, ClusterName(h.cluster),
-                                 h.started_at, h.owner) for h in handles]
-        known = set(records) | set(listed) | set(self._launching)
-        for ids in (self._lost, self._stopped, self._ever_ready):
-            ids.intersection_update(known)
-        self._first_seen = {r: t for r, t in self._first_seen.items() if r in known}
-        return views, pending + launching
+        return seen.replicas, seen.pending
 
     async def _delete_dead_records(self, records: Mapping[ReplicaId, object]) -> None:
         """Delete the records of our replicas whose process is gone (died, or stopped but
         killed before it deregistered), so routers drop them now, not at the TTL."""
         for rid in records:
-            if rid in self._listed or rid in self._launching or rid in self._stop_tasks:
+            if rid in self.live.listed or rid in self._launching or rid in self._stop_tasks:
                 continue
-            if rid in self._lost or rid in self._stopped:
+            if self.live.dead(rid):
                 try:
                     await self.replicas.delete(rid)
                 except Exception as e:  # noqa: BLE001 - it expires at its TTL anyway
                     log.warning("replica_record_delete_failed", replica_id=rid, error=str(e))
-
-    def _alive(self, rec: events_pb2.ReplicaRecord, listed: Mapping[ReplicaId, LaunchHandle],
-               now: float) -> bool:
-        rid = ReplicaId(rec.replica_id)
-        if rid in listed or rid in self._launching:
-            return True
-        if rid in self._lost or rid in self._stopped:
-            return False
-        return now - rec.heartbeat_ts <= self.settings.stale_after_s
-
-    def _note_vanished(self, listed: Mapping[ReplicaId, LaunchHandle],
-                       before: Mapping[ReplicaId, LaunchHandle], clusters: list[Cluster],
-                       now: float) -> None:
-        """Replicas started or listed before that are gone though nobody stopped them: they
-        died (a start failure if never READY on a cluster still up)."""
-        up = {c.name for c in clusters if c.up}
-        for rid, handle in before.items():
-            if rid in listed or rid in self._stopped or rid in self._stop_tasks:
-                continue
-            self._lost.add(rid)
-            log.warning("replica_vanished", replica_id=rid, deployment=handle.deployment_id,
-                        cluster=handle.cluster, was_ready=rid in self._ever_ready)
-            if rid not in self._ever_ready and handle.cluster in up:
-                self._start_failed(handle, now)
 
     def _start_failed(self, handle: LaunchHandle, now: float) -> None:
         tail_of = getattr(self.provider, "log_tail", None) or getattr(
@@ -274,16 +219,15 @@ class Reconciler:
 
     def _failed(self, dep: DeploymentId, error: str, now: float) -> None:
         """One more start failure of `dep`: its next launch waits 2, 4, 8 ... seconds."""
-        prev = self.failures.get(dep)
-        count = prev.count + 1 if prev else 1
-        delay = min(self.settings.backoff_base_s * 2 ** (count - 1), self.settings.backoff_max_s)
-        self.failures[dep] = StartFailure(count, now + delay, error)
-        log.warning("replica_start_failed", deployment=dep, failures=count, retry_in_s=delay,
-                    error=error[:200])
+        failure = self.live.record_failure(dep, error, now, self.settings.backoff_base_s,
+                                           self.settings.backoff_max_s)
+        log.warning("replica_start_failed", deployment=dep, failures=failure.count,
+                    retry_in_s=round(failure.retry_at - now, 3), error=error[:200])
 
-    def _backing_off(self, dep: DeploymentId, now: float) -> bool:
-        failure = self.failures.get(dep)
-        return failure is not None and now < failure.retry_at
+    @property
+    def failures(self) -> dict[DeploymentId, StartFailure]:
+        """Consecutive start failures per deployment (what `status` shows)."""
+        return self.live.failures
 
     # -- acting ----------------------------------------------------------------------------
 
@@ -318,7 +262,7 @@ class Reconciler:
             return
         log.info("replica_stop", replica_id=rid, deployment=action.deployment_id,
                  reason=action.reason.value)
-        self._stopped.add(rid)
+        self.live.stopped.add(rid)
         self._stop_tasks[rid] = asyncio.create_task(self._stop(rid))
 
     async def _stop(self, rid: ReplicaId) -> None:
@@ -328,7 +272,7 @@ class Reconciler:
                 await asyncio.wait([launch])
             await self.provider.stop(rid)
         except Exception as e:
-            self._stopped.discard(rid)  # the next plan asks again
+            self.live.stopped.discard(rid)  # the next plan asks again
             log.exception("replica_stop_failed", replica_id=rid, error=str(e))
         finally:
             self._stop_tasks.pop(rid, None)
@@ -359,7 +303,7 @@ class Reconciler:
     def cluster_status(self) -> list[dict[str, Any]]:
         """Each cluster as the deployments API shows it (GET /v1/clusters)."""
         now = self._clock()
-        return cluster_rows(self.provider.name, self.provider.clusters(), self._listed.values(),
+        return cluster_rows(self.provider.name, self.provider.clusters(), self.live.listed.values(),
                             self.blocklist, now)
 
     def status(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Scale commands: a durable JetStream consumer applying `ScaleCommand`s to deployments, and
-`publish_scale` for the CLI and the autoscaler (does I/O; `decide` is the pure rule).
+`publish_scale` for the CLI and the autoscaler (does I/O; `decide` is the pure rule, in core/scaling.py).
 
 Delivery is at-least-once: a command is acked only after the deployment write (and the
 applied marker) succeeded, nak'ed for redelivery when a write fails, and the stream keeps it
@@ -18,7 +18,6 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable
-from enum import Enum
 
 import nats.errors
 from google.protobuf.message import DecodeError
@@ -33,7 +32,8 @@ from basalt import bus, subjects
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2
 
-from .store import Conflict, Store
+from .core.scaling import MAX_REPLICAS, ScaleVerdict, decide
+from .store import RevisionMismatch, Store
 
 log = get_logger(__name__)
 
@@ -45,30 +45,6 @@ STREAM_MAX_AGE_S = 7 * 24 * 3600.0
 # JetStream drops a second publish with the same command id within this window.
 DUPLICATE_WINDOW_S = 120.0
 _CAS_TRIES = 5
-MAX_REPLICAS = 1000
-
-
-class Outcome(Enum):
-    APPLIED = "applied"
-    UNCHANGED = "unchanged"
-    DUPLICATE = "duplicate"
-    STALE = "older than the last applied"
-    NO_DEPLOYMENT = "no such deployment"
-    INACTIVE = "deployment inactive"
-    INVALID = "replicas out of range"
-
-
-def decide(cmd: deploy_pb2.ScaleCommand, last: deploy_pb2.ScaleCommand | None) -> Outcome | None:
-    """Why `cmd` must not be applied after `last` (the last one applied), or None to apply."""
-    if last is None:
-        return None
-    if cmd.command_id == last.command_id:
-        return Outcome.DUPLICATE
-    if (cmd.ts, cmd.command_id) < (last.ts, last.command_id):
-        return Outcome.STALE
-    return None
-
-
 async def ensure_stream(js: JetStreamContext) -> None:
     """Create stream BASALT_SCALE (file storage) when it does not exist."""
     try:
@@ -159,7 +135,7 @@ class ScaleConsumer:
     def request_stop(self) -> None:
         self._closing.set()
 
-    async def handle(self, msg: Msg) -> Outcome | None:
+    async def handle(self, msg: Msg) -> ScaleVerdict | None:
         """Apply one delivered command and ack it; nak it when a write fails."""
         try:
             cmd = deploy_pb2.ScaleCommand.FromString(msg.data)
@@ -177,11 +153,11 @@ class ScaleConsumer:
         await msg.ack()
         log.info("scale_command", command_id=cmd.command_id, deployment=cmd.deployment_id,
                  replicas=cmd.replicas, source=cmd.source, outcome=outcome.value)
-        if outcome is Outcome.APPLIED and self.on_applied is not None:
+        if outcome is ScaleVerdict.APPLIED and self.on_applied is not None:
             self.on_applied(cmd)
         return outcome
 
-    async def apply(self, cmd: deploy_pb2.ScaleCommand) -> Outcome:
+    async def apply(self, cmd: deploy_pb2.ScaleCommand) -> ScaleVerdict:
         """Set the deployment's desired replicas unless `decide` says not; raises when a write
         fails (the caller naks and the command comes again)."""
         try:
@@ -190,11 +166,11 @@ class ScaleConsumer:
             marker_rev = entry.revision
         except KeyNotFoundError:
             last, marker_rev = None, None
-        skip = Outcome.INVALID if cmd.replicas > MAX_REPLICAS else decide(cmd, last)
+        skip = ScaleVerdict.INVALID if cmd.replicas > MAX_REPLICAS else decide(cmd, last)
         if skip is not None:
             return skip
         outcome = await self._write_desired(cmd)
-        if outcome in (Outcome.APPLIED, Outcome.UNCHANGED):
+        if outcome in (ScaleVerdict.APPLIED, ScaleVerdict.UNCHANGED):
             if marker_rev is None:
                 await self.applied.create(cmd.deployment_id, cmd.SerializeToString())
             else:  # a concurrent writer makes this fail: nak, and decide again on redelivery
@@ -202,20 +178,20 @@ class ScaleConsumer:
                                           last=marker_rev)
         return outcome
 
-    async def _write_desired(self, cmd: deploy_pb2.ScaleCommand) -> Outcome:
+    async def _write_desired(self, cmd: deploy_pb2.ScaleCommand) -> ScaleVerdict:
         for _ in range(_CAS_TRIES):
             found = await self.store.get(cmd.deployment_id)
             if found is None:
-                return Outcome.NO_DEPLOYMENT
+                return ScaleVerdict.NO_DEPLOYMENT
             rec = found.record
             if rec.status != deploy_pb2.DEPLOYMENT_STATUS_ACTIVE:
-                return Outcome.INACTIVE
+                return ScaleVerdict.INACTIVE
             if rec.desired_replicas == cmd.replicas:
-                return Outcome.UNCHANGED
+                return ScaleVerdict.UNCHANGED
             rec.desired_replicas = cmd.replicas
             try:
                 await self.store.update(rec, found.revision)
-                return Outcome.APPLIED
-            except Conflict:
+                return ScaleVerdict.APPLIED
+            except RevisionMismatch:
                 continue
-        raise Conflict(cmd.deployment_id)
+        raise RevisionMismatch(cmd.deployment_id)

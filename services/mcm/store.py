@@ -3,7 +3,7 @@
 Deployments live in `basalt_deployments` (key = deployment id), environments in
 `basalt_environments` (key = "<model>.<environment>"). Every write of a deployment is a
 compare-and-set on the KV revision it was read at, so two writers never lose each other's
-change: the loser gets `Conflict` and re-reads. The router watches the same buckets.
+change: the loser gets `RevisionMismatch` and re-reads. The router watches the same buckets.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class StoreError(Exception):
     pass
 
 
-class Conflict(StoreError):
+class RevisionMismatch(StoreError):
     """The record changed since it was read (or exists when it should not)."""
 
     def __init__(self, key: str) -> None:
@@ -70,26 +70,26 @@ class Store:
         return sorted(out, key=lambda r: (r.model, r.created_ts, r.id))
 
     async def create(self, record: deploy_pb2.DeploymentRecord) -> int:
-        """Write a new deployment; Conflict when the id is taken."""
+        """Write a new deployment; RevisionMismatch when the id is taken."""
         try:
             return await self.deployments.create(record.id, record.SerializeToString())
         except KeyWrongLastSequenceError:
-            raise Conflict(record.id) from None
+            raise RevisionMismatch(record.id) from None
         except Exception as e:  # nats-py raises a generic APIError for "key exists"
             if "wrong last sequence" in str(e).lower() or "exists" in str(e).lower():
-                raise Conflict(record.id) from None
+                raise RevisionMismatch(record.id) from None
             raise
 
     async def update(self, record: deploy_pb2.DeploymentRecord, revision: int) -> int:
-        """Compare-and-set: Conflict when the stored revision is no longer `revision`."""
+        """Compare-and-set: RevisionMismatch when the stored revision is no longer `revision`."""
         record.generation += 1
         try:
             return await self.deployments.update(record.id, record.SerializeToString(), last=revision)
         except KeyWrongLastSequenceError:
-            raise Conflict(record.id) from None
+            raise RevisionMismatch(record.id) from None
         except Exception as e:
             if "wrong last sequence" in str(e).lower():
-                raise Conflict(record.id) from None
+                raise RevisionMismatch(record.id) from None
             raise
 
     async def delete(self, deployment_id: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.mcm.inventory import Cluster, ClusterName
+from services.mcm.core.inventory import Cluster, ClusterName
 
 
 def cluster(cloud: str, region: str, zone: str, price: float, gpus: int = 8,

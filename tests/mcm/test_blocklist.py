@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.mcm.blocklist import Blocklist, Scope
+from services.mcm.core.blocklist import Blocklist, Scope
 from tests.mcm.clusters import AWS_E1A, AWS_E1B, AWS_W2A, GCP_EU4A
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.mcm.blocklist import Blocklist, Scope
-from services.mcm.errors import PlacementError
-from services.mcm.inventory import ClusterUsage, LatencyTable
-from services.mcm.placement import Requirement, Rule, Weights, evaluate, place, place_one
+from services.mcm.core.blocklist import Blocklist, Scope
+from services.mcm.core.errors import PlacementError
+from services.mcm.core.inventory import ClusterUsage, LatencyTable
+from services.mcm.core.placement import Requirement, Rule, Weights, evaluate, place, place_one
 from tests.mcm.clusters import AWS_E1A, AWS_E1B, AWS_W2A, GCP_C1A, GCP_EU4A, WORLD, cluster
 
 H100x1 = Requirement("H100", 1)

@@ -6,20 +6,20 @@ from dataclasses import replace
 
 from basalt.ids import ReplicaId
 from basalt.pb import events_pb2
-from services.mcm.blocklist import Blocklist, Scope
-from services.mcm.inventory import ClusterName, DeploymentId
-from services.mcm.placement import Requirement, Rule
-from services.mcm.reconcile import (
+from services.mcm.core.blocklist import Blocklist, Scope
+from services.mcm.core.inventory import ClusterName, DeploymentId
+from services.mcm.core.placement import Requirement, Rule
+from services.mcm.core.reconcile import (
     Launch,
+    ObservedReplica,
     PendingLaunch,
     PlanContext,
-    ReplicaState,
-    ReplicaView,
+    ReplicaPhase,
     Stop,
     StopReason,
     Target,
+    observed_from_record,
     plan,
-    view_from_record,
 )
 from tests.mcm.clusters import AWS_E1A, AWS_E1B, GCP_EU4A, WORLD, cluster
 
@@ -33,9 +33,9 @@ def ctx(now: float = 1000.0, **kw) -> PlanContext:
                           "seed": "s", **kw})
 
 
-def replica(rid: str, state: ReplicaState = ReplicaState.READY, c=AWS_E1A, started: float = 0.0,
-            owner: str = ME, dep: DeploymentId = D) -> ReplicaView:
-    return ReplicaView(ReplicaId(rid), dep, owner, c.name, c.region, state, started)
+def replica(rid: str, state: ReplicaPhase = ReplicaPhase.READY, c=AWS_E1A, started: float = 0.0,
+            owner: str = ME, dep: DeploymentId = D) -> ObservedReplica:
+    return ObservedReplica(ReplicaId(rid), dep, owner, c.name, c.region, state, started)
 
 
 def pending_of(p, now: float) -> list[PendingLaunch]:
@@ -43,7 +43,7 @@ def pending_of(p, now: float) -> list[PendingLaunch]:
             for a in p.launches]
 
 
-def ready_of(pending: list[PendingLaunch]) -> list[ReplicaView]:
+def ready_of(pending: list[PendingLaunch]) -> list[ObservedReplica]:
     by_name = {c.name: c for c in WORLD}
     return [replica(p.replica_id, c=by_name[p.cluster], started=p.started_at) for p in pending]
 
@@ -119,7 +119,7 @@ def test_pending_launch_on_a_down_cluster_is_replaced_too() -> None:
 def test_gone_and_inactive_deployments_are_stopped() -> None:
     other = DeploymentId("old")
     replicas = [replica("a"), replica("b", dep=other),
-                replica("c", state=ReplicaState.DRAINING, dep=other)]
+                replica("c", state=ReplicaPhase.DRAINING, dep=other)]
     p = plan({D: Target(1, H100, active=False)}, replicas, [], ctx())
     assert {(s.replica_id, s.reason) for s in p.stops} == {
         ("a", StopReason.DEPLOYMENT_INACTIVE), ("b", StopReason.DEPLOYMENT_GONE)}
@@ -127,7 +127,7 @@ def test_gone_and_inactive_deployments_are_stopped() -> None:
 
 
 def test_draining_and_stopping_replicas_are_going_and_get_replaced() -> None:
-    replicas = [replica("a", state=ReplicaState.DRAINING), replica("b")]
+    replicas = [replica("a", state=ReplicaPhase.DRAINING), replica("b")]
     p = plan({D: Target(2, H100)}, replicas, [], ctx(stopping=frozenset({ReplicaId("b")})))
     assert not p.stops, "already going: no second stop"
     assert len(p.launches) == 2
@@ -138,7 +138,7 @@ def test_scale_down_order_blocked_then_pending_then_loading_then_ready_newest_fi
     bl.block(Scope.ZONE, GCP_EU4A, now=900.0, ttl=600.0)
     replicas = [
         replica("ready-old", started=1.0), replica("ready-new", started=5.0),
-        replica("loading", state=ReplicaState.LOADING, started=2.0),
+        replica("loading", state=ReplicaPhase.LOADING, started=2.0),
         replica("blocked-ready-old", c=GCP_EU4A, started=0.5),
     ]
     pending = [PendingLaunch(ReplicaId("pending"), D, AWS_E1B.name, 999.0, ME)]
@@ -197,9 +197,9 @@ def test_launch_actions_name_the_cluster_to_launch_on() -> None:
 def test_view_from_record() -> None:
     rec = events_pb2.ReplicaRecord(replica_id="r", deployment="d", owner=ME, cluster="c",
                                    region="us-east-1", state=events_pb2.REPLICA_STATE_DRAINING)
-    v = view_from_record(rec, started_at=5.0)
-    assert v == ReplicaView(ReplicaId("r"), DeploymentId("d"), ME, ClusterName("c"),
-                            "us-east-1", ReplicaState.DRAINING, 5.0)
+    v = observed_from_record(rec, started_at=5.0)
+    assert v == ObservedReplica(ReplicaId("r"), DeploymentId("d"), ME, ClusterName("c"),
+                            "us-east-1", ReplicaPhase.DRAINING, 5.0)
 
 
 def test_failover_a_provider_error_blocks_its_scope_and_the_next_plan_goes_elsewhere() -> None:

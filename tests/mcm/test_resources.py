@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from basalt.pb import deploy_pb2, events_pb2
-from services.mcm import resources as res
-from services.mcm.api_errors import (
+from services.mcm.api import http_status
+from services.mcm.core import resources as res
+from services.mcm.core.api_errors import (
     DeploymentExists,
     DeploymentInactive,
     DevelopmentExists,
@@ -55,7 +56,7 @@ def test_new_deployment_refuses_taken_id_and_second_development() -> None:
         res.new_deployment("other-model", body(id="d1"), 2.0, existing)
     with pytest.raises(DevelopmentExists) as e:
         res.new_deployment("m", body(id="d2", kind="development"), 2.0, existing)
-    assert e.value.existing_id == "d1" and e.value.status == 409
+    assert e.value.existing_id == "d1" and http_status(e.value) == 409
     # Another model may have its own development deployment.
     assert (
         res.new_deployment("n", body(id="d2", kind="development"), 2.0, existing).kind
@@ -66,7 +67,7 @@ def test_new_deployment_refuses_taken_id_and_second_development() -> None:
 def test_new_deployment_refuses_min_above_max() -> None:
     with pytest.raises(InvalidRequest) as e:
         record(autoscaling={"min_replica": 3, "max_replica": 2})
-    assert e.value.param == "autoscaling.min_replica" and e.value.status == 422
+    assert e.value.param == "autoscaling.min_replica" and http_status(e.value) == 422
     assert "3" in e.value.message and "2" in e.value.message
 
 
@@ -96,7 +97,7 @@ def test_production_environment_only_for_first_published() -> None:
 def test_of_model_hides_other_models_deployments() -> None:
     with pytest.raises(NotFound) as e:
         res.of_model(record("d1", model="a"), "b", "d1")
-    assert e.value.code == "deployment_not_found" and e.value.status == 404
+    assert e.value.code == "deployment_not_found" and http_status(e.value) == 404
     with pytest.raises(NotFound):
         res.of_model(None, "a", "d1")
 
@@ -116,7 +117,7 @@ def test_scale_sets_desired_and_refuses_inactive() -> None:
     assert res.scale(rec, 7).desired_replicas == 7
     with pytest.raises(DeploymentInactive) as e:
         res.scale(res.deactivate(rec), 2)
-    assert e.value.deployment_id == "d1" and e.value.status == 409
+    assert e.value.deployment_id == "d1" and http_status(e.value) == 409
 
 
 def test_patch_autoscaling_merges_and_validates() -> None:

@@ -11,7 +11,8 @@ from nats.aio.client import Client
 
 from basalt import subjects
 from basalt.pb import deploy_pb2
-from services.mcm.scale import Outcome, ScaleConsumer, decide, publish_scale
+from services.mcm.core.scaling import ScaleVerdict, decide
+from services.mcm.scale import ScaleConsumer, publish_scale
 from services.mcm.store import Store
 from tests.mcm_process import eventually, sim_deployment
 
@@ -25,10 +26,10 @@ def _cmd(cid: str, ts: float, replicas: int = 1) -> deploy_pb2.ScaleCommand:
 def test_decide_skips_the_same_command_and_older_ones_and_applies_newer_ones() -> None:
     last = _cmd("b", 10.0)
     assert decide(_cmd("a", 1.0), None) is None
-    assert decide(_cmd("b", 10.0), last) is Outcome.DUPLICATE
-    assert decide(_cmd("b", 99.0), last) is Outcome.DUPLICATE, "same id, even re-stamped"
-    assert decide(_cmd("a", 9.0), last) is Outcome.STALE
-    assert decide(_cmd("a", 10.0), last) is Outcome.STALE, "equal ts: ids break the tie"
+    assert decide(_cmd("b", 10.0), last) is ScaleVerdict.DUPLICATE
+    assert decide(_cmd("b", 99.0), last) is ScaleVerdict.DUPLICATE, "same id, even re-stamped"
+    assert decide(_cmd("a", 9.0), last) is ScaleVerdict.STALE
+    assert decide(_cmd("a", 10.0), last) is ScaleVerdict.STALE, "equal ts: ids break the tie"
     assert decide(_cmd("c", 10.0), last) is None
     assert decide(_cmd("a", 11.0), last) is None
 

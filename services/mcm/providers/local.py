@@ -23,10 +23,9 @@ from pathlib import Path
 
 from basalt.ids import ReplicaId
 from basalt.log import get_logger
-
-from ..errors import ReplicaExited, UnknownCluster
-from ..inventory import Cluster, ClusterName
-from .base import LaunchHandle, LaunchRequest, runtime_args
+from services.mcm.core.errors import ReplicaExited, UnknownCluster
+from services.mcm.core.inventory import Cluster, ClusterName
+from services.mcm.core.provider import LaunchHandle, LaunchRequest, runtime_args
 
 log = get_logger(__name__)
 

@@ -20,10 +20,10 @@ import yaml
 
 from basalt.ids import ReplicaId
 from basalt.log import get_logger
+from services.mcm.core.errors import SimCloudConfigError
+from services.mcm.core.inventory import Cluster, LatencyTable, Scope, units_for
+from services.mcm.core.provider import LaunchHandle, LaunchRequest
 
-from ..errors import SimCloudConfigError
-from ..inventory import Cluster, LatencyTable, Scope, units_for
-from .base import LaunchHandle, LaunchRequest
 from .local import LocalProvider
 from .simworld import SimCloudConfig, SimWorld, parse_config
 

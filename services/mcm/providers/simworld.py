@@ -26,9 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from basalt.ids import ReplicaId
-
-from ..errors import ProviderError, SimCloudConfigError, UnknownCluster, UnknownSimTarget
-from ..inventory import Cluster, ClusterName, LatencyTable, Scope
+from services.mcm.core.errors import (
+    ProviderError,
+    SimCloudConfigError,
+    UnknownCluster,
+    UnknownSimTarget,
+)
+from services.mcm.core.inventory import Cluster, ClusterName, LatencyTable, Scope
 
 CPU = "CPU"
 

@@ -13,8 +13,8 @@ from nats.js.kv import KeyValue
 from basalt import bus
 from basalt.ids import ReplicaId
 from basalt.pb import events_pb2
-from services.mcm.inventory import DeploymentId
-from services.mcm.providers.base import LaunchRequest
+from services.mcm.core.inventory import DeploymentId
+from services.mcm.core.provider import LaunchRequest
 
 OWNER = "mcm-test"
 

@@ -6,9 +6,9 @@ import pytest
 
 from basalt.config import parse
 from basalt.ids import ReplicaId
-from services.mcm.errors import InvalidLaunchRequest
-from services.mcm.inventory import DeploymentId
-from services.mcm.providers.base import LaunchRequest, runtime_args
+from services.mcm.core.errors import InvalidLaunchRequest
+from services.mcm.core.inventory import DeploymentId
+from services.mcm.core.provider import LaunchRequest, runtime_args
 from services.runtime.config import RuntimeSettings
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from basalt.ids import ReplicaId
 from basalt_tools.natsserver import NatsServer
-from services.mcm.providers.base import Provider
+from services.mcm.core.provider import Provider
 from services.mcm.providers.local import LocalProvider
 from services.mcm.providers.simcloud import SimCloudProvider
 from services.mcm.providers.simworld import parse_config

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from basalt_tools.natsserver import NatsServer
-from services.mcm.errors import ReplicaExited, UnknownCluster
-from services.mcm.inventory import Scope
+from services.mcm.core.errors import ReplicaExited, UnknownCluster
+from services.mcm.core.inventory import Scope
 from services.mcm.providers.local import LOCAL_CLUSTER, LocalProvider
 from tests.mcm.providers.conftest import OWNER, is_gone, is_ready, sim_request, wait_for
 

@@ -9,21 +9,21 @@ from pathlib import Path
 import pytest
 
 from basalt_tools.natsserver import NatsServer
-from services.mcm.blocklist import Blocklist
-from services.mcm.errors import ProviderError
-from services.mcm.inventory import DeploymentId, Scope
-from services.mcm.placement import Requirement
-from services.mcm.providers.simcloud import SimCloudProvider
-from services.mcm.providers.simworld import parse_config
-from services.mcm.reconcile import (
+from services.mcm.core.blocklist import Blocklist
+from services.mcm.core.errors import ProviderError
+from services.mcm.core.inventory import DeploymentId, Scope
+from services.mcm.core.placement import Requirement
+from services.mcm.core.reconcile import (
+    ObservedReplica,
     Plan,
     PlanContext,
-    ReplicaView,
     StopReason,
     Target,
+    observed_from_record,
     plan,
-    view_from_record,
 )
+from services.mcm.providers.simcloud import SimCloudProvider
+from services.mcm.providers.simworld import parse_config
 from tests.mcm.providers.conftest import OWNER, is_ready, record_of, sim_request, wait_for
 
 pytestmark = pytest.mark.integration
@@ -107,9 +107,9 @@ async def test_plan_and_simcloud_fail_over_a_cloud_outage_end_to_end(
         for a in p.launches:
             await wait_for(replicas_kv, a.replica_id, is_ready)
 
-    async def views(ids: list[str]) -> list[ReplicaView]:
+    async def views(ids: list[str]) -> list[ObservedReplica]:
         recs = [await record_of(replicas_kv, rid) for rid in ids]
-        return [view_from_record(r, 0.0) for r in recs if r is not None]
+        return [observed_from_record(r, 0.0) for r in recs if r is not None]
 
     first = plan(targets, [], [], PlanContext(OWNER, sim.clusters(), Blocklist(), 0.0, "t"))
     assert sorted(a.cluster.cloud for a in first.launches) == ["aws", "gcp"], "spread"

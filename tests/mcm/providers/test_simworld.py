@@ -5,10 +5,15 @@ from __future__ import annotations
 import pytest
 
 from basalt.ids import ReplicaId
-from services.mcm.blocklist import Blocklist
-from services.mcm.errors import ProviderError, SimCloudConfigError, UnknownCluster, UnknownSimTarget
-from services.mcm.inventory import ClusterUsage, Scope
-from services.mcm.placement import Requirement, place_one
+from services.mcm.core.blocklist import Blocklist
+from services.mcm.core.errors import (
+    ProviderError,
+    SimCloudConfigError,
+    UnknownCluster,
+    UnknownSimTarget,
+)
+from services.mcm.core.inventory import ClusterUsage, Scope
+from services.mcm.core.placement import Requirement, place_one
 from services.mcm.providers.simcloud import load_config
 from services.mcm.providers.simworld import SimWorld, parse_config
 

@@ -16,8 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from basalt.deployfile import Autoscaling, Deployment, Environment
 from basalt.pb import deploy_pb2, events_pb2
-
-from .api_errors import (
+from services.mcm.core.api_errors import (
     DeploymentExists,
     DeploymentInactive,
     DevelopmentExists,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .inventory import Cluster, Scope
+from services.mcm.core.inventory import Cluster, Scope
 
 __all__ = ["Block", "Blocklist", "Scope"]
 

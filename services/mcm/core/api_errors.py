@@ -1,4 +1,5 @@
-"""Errors the deployments API answers with; each knows its HTTP status and carries its data (no I/O)."""
+"""Errors the deployments API answers with; each carries its data and its error body (no I/O).
+The HTTP status of each is the adapter's business (api.py, `http_status`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from collections.abc import Sequence
 class ApiError(Exception):
     """Base class; `body()` is the JSON the client gets, shaped like the router's errors."""
 
-    status = 500
     type = "server_error"
     code: str | None = None
     param: str | None = None
@@ -25,7 +25,6 @@ class ApiError(Exception):
 class InvalidRequest(ApiError):
     """A field is unknown, of the wrong type or out of range; `param` names the (first) field."""
 
-    status = 422
     type = "invalid_request_error"
     code = "invalid_field"
 
@@ -35,13 +34,11 @@ class InvalidRequest(ApiError):
 
 
 class Unauthorized(ApiError):
-    status = 401
     type = "authentication_error"
     code = "invalid_api_key"
 
 
 class NotFound(ApiError):
-    status = 404
     type = "not_found_error"
 
     def __init__(self, kind: str, name: str, model: str | None = None) -> None:
@@ -54,13 +51,11 @@ class NotFound(ApiError):
 
 
 class RouteNotFound(ApiError):
-    status = 404
     type = "not_found_error"
     code = "route_not_found"
 
 
 class MethodNotAllowed(ApiError):
-    status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
 
@@ -68,7 +63,6 @@ class MethodNotAllowed(ApiError):
 class Conflict(ApiError):
     """The request does not fit the current state; `code` says which rule it broke."""
 
-    status = 409
     type = "conflict_error"
     code = "conflict"
 

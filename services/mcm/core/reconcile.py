@@ -26,10 +26,9 @@ from enum import Enum
 
 from basalt.ids import ReplicaId
 from basalt.pb import events_pb2
-
-from .blocklist import Blocklist
-from .errors import PlacementError
-from .inventory import (
+from services.mcm.core.blocklist import Blocklist
+from services.mcm.core.errors import PlacementError
+from services.mcm.core.inventory import (
     Cluster,
     ClusterName,
     ClusterUsage,
@@ -38,17 +37,17 @@ from .inventory import (
     TrafficMix,
     clusters_by_name,
 )
-from .placement import DEFAULT_WEIGHTS, NO_LATENCY, Requirement, Weights, evaluate
+from services.mcm.core.placement import DEFAULT_WEIGHTS, NO_LATENCY, Requirement, Weights, evaluate
 
 
-class ReplicaState(Enum):
+class ReplicaPhase(Enum):
     LOADING = "loading"
     READY = "ready"
     DRAINING = "draining"
 
 
 @dataclass(slots=True, frozen=True)
-class ReplicaView:
+class ObservedReplica:
     """One replica as its record in the `basalt_replicas` bucket shows it."""
 
     replica_id: ReplicaId
@@ -56,7 +55,7 @@ class ReplicaView:
     owner: str
     cluster: ClusterName
     region: str
-    state: ReplicaState
+    state: ReplicaPhase
     # When it was launched or first seen; orders "newest first" on scale down.
     started_at: float
 
@@ -159,18 +158,18 @@ class _Member:
 
 
 _STATE_FROM_PROTO = {
-    events_pb2.REPLICA_STATE_LOADING: ReplicaState.LOADING,
-    events_pb2.REPLICA_STATE_READY: ReplicaState.READY,
-    events_pb2.REPLICA_STATE_DRAINING: ReplicaState.DRAINING,
+    events_pb2.REPLICA_STATE_LOADING: ReplicaPhase.LOADING,
+    events_pb2.REPLICA_STATE_READY: ReplicaPhase.READY,
+    events_pb2.REPLICA_STATE_DRAINING: ReplicaPhase.DRAINING,
 }
 
 
-def view_from_record(record: events_pb2.ReplicaRecord, started_at: float) -> ReplicaView:
+def observed_from_record(record: events_pb2.ReplicaRecord, started_at: float) -> ObservedReplica:
     """The view of a replica record (an unset state reads as LOADING)."""
-    return ReplicaView(
+    return ObservedReplica(
         ReplicaId(record.replica_id), DeploymentId(record.deployment), record.owner,
         ClusterName(record.cluster), record.region,
-        _STATE_FROM_PROTO.get(record.state, ReplicaState.LOADING), started_at,
+        _STATE_FROM_PROTO.get(record.state, ReplicaPhase.LOADING), started_at,
     )
 
 
@@ -190,7 +189,7 @@ def _usage_of(members: Sequence[_Member], units: Mapping[DeploymentId, int]) -> 
     return usage
 
 
-def _members(replicas: Sequence[ReplicaView], pending: Sequence[PendingLaunch],
+def _members(replicas: Sequence[ObservedReplica], pending: Sequence[PendingLaunch],
              ctx: PlanContext, clusters: Mapping[ClusterName, Cluster]) -> list[_Member]:
     """Our replicas and launches not on their way out; a pending id with a record is a replica."""
     out: list[_Member] = []
@@ -199,9 +198,9 @@ def _members(replicas: Sequence[ReplicaView], pending: Sequence[PendingLaunch],
         if r.owner != ctx.owner:
             continue
         seen.add(r.replica_id)
-        if r.state is ReplicaState.DRAINING or r.replica_id in ctx.stopping:
+        if r.state is ReplicaPhase.DRAINING or r.replica_id in ctx.stopping:
             continue
-        phase = _Phase.READY if r.state is ReplicaState.READY else _Phase.LOADING
+        phase = _Phase.READY if r.state is ReplicaPhase.READY else _Phase.LOADING
         out.append(_Member(r.replica_id, r.deployment_id, r.cluster, r.region, phase,
                            r.started_at))
     for p in pending:
@@ -276,7 +275,7 @@ def _launches(dep: DeploymentId, target: Target, n: int, live: list[_Member],
 
 def plan(
     targets: Mapping[DeploymentId, Target],
-    replicas: Sequence[ReplicaView],
+    replicas: Sequence[ObservedReplica],
     pending: Sequence[PendingLaunch],
     ctx: PlanContext,
 ) -> Plan:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from .inventory import Scope
+from services.mcm.core.inventory import Scope
 
 if TYPE_CHECKING:
-    from .placement import Rejection, Requirement
+    from services.mcm.core.placement import Rejection, Requirement
 
 
 class McmError(Exception):

@@ -10,10 +10,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .blocklist import Blocklist
-from .errors import PlacementError
-from .inventory import Cluster, DeploymentId, units_for
-from .providers.base import LaunchHandle
+from services.mcm.core.blocklist import Blocklist
+from services.mcm.core.errors import PlacementError
+from services.mcm.core.inventory import Cluster, DeploymentId, units_for
+from services.mcm.core.provider import LaunchHandle
 
 
 @dataclass(slots=True, frozen=True)

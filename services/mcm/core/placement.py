@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .blocklist import Blocklist
-from .errors import PlacementError
-from .inventory import Cluster, ClusterUsage, LatencyTable, TrafficMix, units_for
+from services.mcm.core.blocklist import Blocklist
+from services.mcm.core.errors import PlacementError
+from services.mcm.core.inventory import Cluster, ClusterUsage, LatencyTable, TrafficMix, units_for
 
 
 @dataclass(slots=True, frozen=True)

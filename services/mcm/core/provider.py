@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from basalt.ids import ReplicaId
-
-from ..errors import InvalidLaunchRequest
-from ..inventory import Cluster, DeploymentId
+from services.mcm.core.errors import InvalidLaunchRequest
+from services.mcm.core.inventory import Cluster, DeploymentId
 
 # Flags the provider sets itself; an engine arg may not override them.
 RESERVED_FLAGS = frozenset({

@@ -1,0 +1,31 @@
+"""The rule of applying scale commands, pure: which command must not be applied after the
+last one applied, and the bounds of a desired replica count (no I/O)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from basalt.pb import deploy_pb2
+
+MAX_REPLICAS = 1000
+
+
+class ScaleVerdict(Enum):
+    APPLIED = "applied"
+    UNCHANGED = "unchanged"
+    DUPLICATE = "duplicate"
+    STALE = "older than the last applied"
+    NO_DEPLOYMENT = "no such deployment"
+    INACTIVE = "deployment inactive"
+    INVALID = "replicas out of range"
+
+
+def decide(cmd: deploy_pb2.ScaleCommand, last: deploy_pb2.ScaleCommand | None) -> ScaleVerdict | None:
+    """Why `cmd` must not be applied after `last` (the last one applied), or None to apply."""
+    if last is None:
+        return None
+    if cmd.command_id == last.command_id:
+        return ScaleVerdict.DUPLICATE
+    if (cmd.ts, cmd.command_id) < (last.ts, last.command_id):
+        return ScaleVerdict.STALE
+    return None
