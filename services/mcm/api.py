@@ -5,8 +5,11 @@ All state lives in NATS KV (`Store`); the router watches the same buckets, so ev
 reaches it with no restart. A write is validated by a pure transition (`resources`) before
 anything is written, and applied with compare-and-set: on `store.RevisionMismatch` the record is read
 again and the transition re-applied, up to RETRIES times, then 409 with nothing written.
-Operations that touch several records (create, delete, promote) run one at a time in this
-process and order their writes so that a crash between two leaves a state that serves traffic
+The desired replica count set by POST .../scale travels as a `ScaleCommand` on the scale
+stream (as the autoscaler's and the CLI's do) and the answer waits until it is applied; promote,
+activate and deactivate change a deployment's lifecycle and its count in one compare-and-set
+write of the record. Operations that touch several records (create, delete, promote) run one
+at a time in this process and order their writes so that a crash between two leaves a state that serves traffic
 and that repeating the request completes.
 """
 
@@ -22,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from starlette.exceptions import HTTPException
 
@@ -40,6 +44,7 @@ from services.mcm.core.api_errors import (
     MethodNotAllowed,
     NotFound,
     RouteNotFound,
+    ScaleNotApplied,
     Unauthorized,
     WriteConflict,
 )
@@ -51,11 +56,16 @@ from services.mcm.core.resources import (
     ScaleBody,
 )
 
+from .scale import APPLIED_BUCKET, publish_scale
 from .store import RevisionMismatch, Store
 
 log = get_logger(__name__)
 OPEN_PATHS = ("/health",)
 RETRIES = 5
+# How long POST .../scale waits for the scale consumer to apply its command, and how often
+# it looks.
+SCALE_WAIT_S = 10.0
+SCALE_POLL_S = 0.02
 Record = deploy_pb2.DeploymentRecord
 EnvRecord = deploy_pb2.EnvironmentRecord
 Transition = Callable[[Record], Record]
@@ -68,6 +78,7 @@ class _Ctx:
     # Serializes this process's multi-record operations (compare-and-set guards each record).
     lock: asyncio.Lock
     replicas_kv: KeyValue | None = None
+    applied_kv: KeyValue | None = None
 
 
 def create_app(store: Store, *, nc: Client, verifier: KeyVerifier | None = None,
@@ -147,8 +158,7 @@ def _deployment_routes(app: FastAPI, ctx: _Ctx) -> None:
 
     @app.post(base + "/{deployment_id}/scale")
     async def scale(model: str, deployment_id: str, body: ScaleBody) -> dict:
-        rec = await _update(ctx, model, deployment_id, lambda r: res.scale(r, body.replicas))
-        return await _view(ctx, rec)
+        return await _view(ctx, await _scale(ctx, model, deployment_id, body.replicas))
 
     @app.post(base + "/{deployment_id}/promote")
     async def promote(model: str, deployment_id: str) -> dict:
@@ -288,6 +298,34 @@ async def _promote(
             "scaled_down_deployment_id": old_id}
 
 
+async def _scale(ctx: _Ctx, model: str, deployment_id: str, replicas: int) -> Record:
+    """Refuse what cannot apply (unknown, inactive: nothing published), then publish a
+    `ScaleCommand` (source "api") on the scale stream, the one path every writer of the
+    desired count takes, and wait until the scale consumer applied it (or a newer one)."""
+    found = await ctx.store.get(deployment_id)
+    res.scale(res.of_model(found.record if found else None, model, deployment_id), replicas)
+    cmd = await publish_scale(ctx.nc, deployment_id, replicas, source="api")
+    if ctx.applied_kv is None:
+        ctx.applied_kv = await bus.kv_bucket(ctx.nc, APPLIED_BUCKET)
+    deadline = time.monotonic() + SCALE_WAIT_S
+    while time.monotonic() < deadline:
+        last = await _last_applied(ctx.applied_kv, deployment_id)
+        if last is not None and (last.ts, last.command_id) >= (cmd.ts, cmd.command_id):
+            now = await ctx.store.get(deployment_id)
+            if now is not None:
+                return now.record
+        await asyncio.sleep(SCALE_POLL_S)
+    raise ScaleNotApplied(deployment_id, cmd.command_id, SCALE_WAIT_S)
+
+
+async def _last_applied(kv: KeyValue, deployment_id: str) -> deploy_pb2.ScaleCommand | None:
+    try:
+        entry = await kv.get(deployment_id)
+    except KeyNotFoundError:
+        return None
+    return deploy_pb2.ScaleCommand.FromString(entry.value) if entry.value else None
+
+
 async def _update(ctx: _Ctx, model: str, deployment_id: str, change: Transition) -> Record:
     """Read, apply `change` (pure; may refuse), compare-and-set; retry on a lost race."""
     for attempt in range(RETRIES):
@@ -347,7 +385,7 @@ async def _replicas(ctx: _Ctx) -> list[events_pb2.ReplicaRecord]:
 # The HTTP status of each API error (the most specific class listed wins; others are 500).
 HTTP_STATUS: dict[type[ApiError], int] = {
     InvalidRequest: 422, Unauthorized: 401, NotFound: 404, RouteNotFound: 404,
-    MethodNotAllowed: 405, Conflict: 409,
+    MethodNotAllowed: 405, Conflict: 409, ScaleNotApplied: 503,
 }
 
 

@@ -68,12 +68,14 @@ async def publish_scale(nc: Client, deployment_id: str, replicas: int, source: s
         raise ValueError(f"deployment id {deployment_id!r} cannot be a subject token")
     if not 0 <= replicas <= MAX_REPLICAS:
         raise ValueError(f"replicas must be within 0..{MAX_REPLICAS}, got {replicas}")
+    js = nc.jetstream()
+    await ensure_stream(js)
+    # Stamped after the last await before the publish: commands from one process reach the
+    # stream in the order of their timestamps, so none is skipped as older than the last.
     cmd = deploy_pb2.ScaleCommand(
         command_id=command_id or uuid.uuid4().hex, deployment_id=deployment_id,
         replicas=replicas, source=source, ts=time.time() if ts is None else ts,
     )
-    js = nc.jetstream()
-    await ensure_stream(js)
     await js.publish(subjects.scale(deployment_id), cmd.SerializeToString(),
                      headers={"Nats-Msg-Id": cmd.command_id})
     return cmd

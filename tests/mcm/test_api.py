@@ -14,8 +14,10 @@ from nats.js.errors import NotFoundError
 from basalt import apikeys, bus, subjects
 from basalt.pb import deploy_pb2, events_pb2
 from services.mcm.api import create_app
+from services.mcm.scale import ScaleConsumer
 from services.mcm.store import Store
 from services.router.deployments import DeploymentTable
+from tests.mcm_process import eventually
 
 pytestmark = pytest.mark.integration
 MODEL = "org/tiny"
@@ -40,7 +42,19 @@ def _client(app: FastAPI) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-async def api(store: Store, nc: Client) -> AsyncIterator[httpx.AsyncClient]:
+async def scale_consumer(store: Store, nc: Client) -> AsyncIterator[ScaleConsumer]:
+    """The scale stream's consumer, running as mcm runs it: POST .../scale publishes a
+    ScaleCommand and answers once this applied it."""
+    consumer = await ScaleConsumer.open(nc, store)
+    task = asyncio.create_task(consumer.run())
+    yield consumer
+    consumer.request_stop()
+    await task
+
+
+@pytest.fixture
+async def api(store: Store, nc: Client,
+              scale_consumer: ScaleConsumer) -> AsyncIterator[httpx.AsyncClient]:
     async with _client(create_app(store, nc=nc)) as client:
         yield client
 
@@ -287,7 +301,8 @@ async def test_patch_autoscaling_is_partial(api: httpx.AsyncClient, store: Store
 
 
 @pytest.mark.parametrize("racers", [2, 4])
-async def test_racing_scales_lose_no_write(store: Store, nc: Client, racers: int) -> None:
+async def test_racing_scales_lose_no_write(store: Store, nc: Client, racers: int,
+                                           scale_consumer: ScaleConsumer) -> None:
     """Each racer is its own API process (own app, own Store): only compare-and-set guards."""
     clients = [_client(create_app(await Store.open(nc), nc=nc)) for _ in range(racers)]
     await _deploy(clients[0], "d1", autoscaling={"max_replica": 100})
@@ -361,3 +376,37 @@ async def test_auth(store: Store, nc: Client) -> None:
             f"{BASE}/deployments", json={"id": "d1"}, headers={"Authorization": f"Api-Key {key}"}
         )
         assert r.status_code == 201
+
+
+async def test_scale_travels_as_a_scale_command_on_the_stream(
+        api: httpx.AsyncClient, store: Store, nc: Client) -> None:
+    await _deploy(api, "d1", autoscaling={"max_replica": 10})
+    r = await api.post(f"{BASE}/deployments/d1/scale", json={"replicas": 4})
+    assert r.status_code == 200, r.text
+    assert (await _rec(store, "d1")).desired_replicas == 4
+    last = await nc.jetstream().get_last_msg(subjects.SCALE_STREAM, subjects.scale("d1"))
+    cmd = deploy_pb2.ScaleCommand.FromString(last.data)
+    assert (cmd.deployment_id, cmd.replicas, cmd.source) == ("d1", 4, "api")
+    await store.delete("d1")  # a control plane in a later test would start its replicas
+
+
+async def test_scale_with_no_consumer_answers_503_and_is_applied_when_one_runs(
+        store: Store, nc: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.mcm import api as api_module
+
+    monkeypatch.setattr(api_module, "SCALE_WAIT_S", 0.5)
+    async with _client(create_app(store, nc=nc)) as api:
+        await _deploy(api, "d1", autoscaling={"max_replica": 10})
+        r = await api.post(f"{BASE}/deployments/d1/scale", json={"replicas": 5})
+    assert _error(r, 503)["code"] == "scale_not_applied"
+    assert (await _rec(store, "d1")).desired_replicas == 1, "nothing applied yet"
+    consumer = await ScaleConsumer.open(nc, store)
+    task = asyncio.create_task(consumer.run())
+    try:
+        async def applied() -> bool:
+            return (await _rec(store, "d1")).desired_replicas == 5
+        await eventually(applied, 10.0, "the queued command applied")
+    finally:
+        consumer.request_stop()
+        await task
+        await store.delete("d1")  # a control plane in a later test would start its replicas

@@ -127,3 +127,18 @@ class WriteConflict(Conflict):
                          f"tried to write it; nothing was changed, retry")
         self.key = key
         self.attempts = attempts
+
+
+class ScaleNotApplied(ApiError):
+    """A scale command went on the stream but no consumer applied it in time (mcm's scale
+    consumer down or behind); it stays on the stream and is applied when one runs."""
+
+    type = "service_unavailable"
+    code = "scale_not_applied"
+
+    def __init__(self, deployment_id: str, command_id: str, waited_s: float) -> None:
+        super().__init__(f"scale command {command_id} for deployment {deployment_id!r} is queued "
+                         f"but was not applied within {waited_s:g} s; it will be applied when "
+                         "the control plane's scale consumer runs")
+        self.deployment_id = deployment_id
+        self.command_id = command_id
