@@ -30,9 +30,9 @@ from pathlib import Path
 
 from basalt.ids import ReplicaId
 from basalt.kvevents import BlockRemoved, BlockStored, KvEvent, KvEventBatchData
-from services.router.index import PrefixIndex
-from services.router.policy import choose
-from services.router.types import PolicyConfig, ReplicaView, RouteRequest
+from services.router.core.index import PrefixIndex
+from services.router.core.policy import choose
+from services.router.core.types import Candidate, PolicyConfig, RouteRequest
 
 
 @dataclass(slots=True, frozen=True)
@@ -154,9 +154,9 @@ def _measure_memory(w: Workload, plan: _Plan) -> tuple[int, int, int]:
     return held, stats.blocks, stats.distinct_hashes
 
 
-def _views(w: Workload, rng: random.Random) -> list[ReplicaView]:
+def _views(w: Workload, rng: random.Random) -> list[Candidate]:
     return [
-        ReplicaView(
+        Candidate(
             replica_id=ReplicaId(f"replica-{r:02d}"),
             region="us-east" if r % 2 else "us-west",
             kv_block_size=w.block_size,

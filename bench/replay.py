@@ -38,10 +38,10 @@ from dataclasses import dataclass, field, replace
 from basalt.ids import ReplicaId
 from basalt.kvevents import KvEventBatchData
 from basalt.pb import events_pb2
-from services.router.fleet import Fleet
-from services.router.index import PrefixIndex
-from services.router.policy import RoundRobinState, choose
-from services.router.types import PolicyConfig, PolicyKind, RouteRequest
+from services.router.core.fleet import Fleet
+from services.router.core.index import PrefixIndex
+from services.router.core.policy import RoundRobinState, choose
+from services.router.core.types import PolicyConfig, PolicyKind, RouteRequest
 from services.runtime.core.errors import PromptTooLong
 from services.runtime.engines.sim.core.config import SimConfig
 from services.runtime.engines.sim.core.replica import SimReplicaCore, StepResult, validate_request
@@ -280,7 +280,7 @@ class _Replay:
         bs = self.p.block_size
         request = RouteRequest(len(tr.prompt), len(hashes), session_key=tr.session_id)
         decision = choose(
-            request, self.fleet.views(DEPLOYMENT, t), self.index.match(hashes), self.policy,
+            request, self.fleet.candidates(DEPLOYMENT, t), self.index.match(hashes), self.policy,
             now=t, rng=self.rng, rr_state=self.rr,
         )
         if decision is None:

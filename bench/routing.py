@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 from multiprocessing import get_context
 from pathlib import Path
 
-from services.router.types import PolicyConfig, PolicyKind
+from services.router.core.types import PolicyConfig, PolicyKind
 
 from .replay import (
     H100_LLAMA_8B_BLOCKS,

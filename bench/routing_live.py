@@ -27,7 +27,7 @@ from nats.js.errors import NoKeysError
 
 from basalt import bus, subjects
 from basalt_tools.natsserver import NatsServer, free_port
-from services.router.types import PolicyKind
+from services.router.core.types import PolicyKind
 
 from .replay import PolicyResult, ReplayConfig, percentiles, prepare, replay
 from .traces import Trace

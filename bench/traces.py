@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from services.router.hashing import BlockHasher, chain_bytes, tokens_to_bytes
+from services.router.core.hashing import BlockHasher, chain_bytes, tokens_to_bytes
 from services.runtime.engines.sim.core.sequence import output_token_id, request_token_seed
 
 MOONCAKE_BLOCK_TOKENS = 512

@@ -31,5 +31,5 @@ class RouterSettings(ServiceSettings):
     lora_load_penalty: float = Field(1024.0, ge=0, description="kv policy: block-equivalents charged when the LoRA adapter is not loaded.")
     region_penalty_per_ms: float = Field(8.0, ge=0, description="kv policy: block-equivalents per ms of client-to-replica latency.")
     remote_region_ms: float = Field(50.0, ge=0, description="Assumed latency to a replica in another region, in ms.")
-    seed: int = Field(0, description="Seed for the random policy.")
+    seed: int = Field(0, description="Seed for the random policy and for the prefix index's own block hash (routers that share a seed hash prompts alike; the hash is internal to each router).")
     ready_file: str = Field("", description="Write the bound ports as JSON to this file once serving (for scripts).")

@@ -7,29 +7,41 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 
 from basalt import subjects
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, runtime_pb2, runtime_pb2_grpc
+from services.router.core.deployments import Route
+from services.router.core.errors import BadRequest, NoReplica, QueueFull, ReplicaFailed, RouterError
+from services.router.core.failover import (
+    MAX_ATTEMPTS,
+    Fault,
+    Next,
+    admits,
+    after_failure,
+    classify,
+    queue_timeout_s,
+    why_unserved,
+)
+from services.router.core.fleet import Fleet
+from services.router.core.index import PrefixIndex
+from services.router.core.policy import RoundRobinState, choose
+from services.router.core.types import (
+    Decision,
+    OwnBlockHash,
+    PolicyConfig,
+    PolicyKind,
+    RegionLatency,
+    RouteRequest,
+)
 
 from . import metrics
-from .deployments import Route
-from .errors import BadRequest, NoReplica, QueueFull, ReplicaFailed, RouterError
-from .fleet import Fleet
-from .index import PrefixIndex
-from .policy import RoundRobinState, choose
-from .types import Decision, OwnBlockHash, PolicyConfig, PolicyKind, RegionLatency, RouteRequest
 
 log = get_logger(__name__)
 
-RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED,
-}
-MAX_ATTEMPTS = 3
 
 
 @dataclass(slots=True)
@@ -45,7 +57,7 @@ class RequestContext:
 
 
 @dataclass(slots=True)
-class Outcome:
+class RequestSummary:
     """What the router learned while serving one request (for the request record)."""
 
     replica_id: str = ""
@@ -115,12 +127,11 @@ class Dispatcher:
         return found
 
     def decide(
-        self, route: Route, prompt: list[int], ctx: RequestContext, exclude: set[str]
+        self, route: Route, prompt: list[int], ctx: RequestContext, exclude: set[str], now: float,
     ) -> tuple[Decision | None, int]:
-        """Pick a replica now (or None); also returns the request's block count."""
+        """Pick a replica at time `now` (or None); also returns the request's block count."""
         dep = route.deployment
-        now = time.monotonic()
-        views = [v for v in self.fleet.views(dep.id, now) if v.replica_id not in exclude]
+        views = [v for v in self.fleet.candidates(dep.id, now) if v.replica_id not in exclude]
         if not views:
             return None, 0
         block_size = views[0].kv_block_size
@@ -143,12 +154,12 @@ class Dispatcher:
     ) -> tuple[Decision, int]:
         """Wait in the deployment's bounded queue until a replica can take the request."""
         dep = route.deployment
-        decision, blocks = self.decide(route, prompt, ctx, exclude)
+        decision, blocks = self.decide(route, prompt, ctx, exclude, time.monotonic())
         if decision is not None:
             return decision, blocks
         limit = dep.spec.queue_limit
-        timeout = dep.spec.queue_timeout_s or 30.0
-        if self._waiting.get(dep.id, 0) >= limit:
+        timeout = queue_timeout_s(dep.spec.queue_timeout_s)
+        if not admits(self._waiting.get(dep.id, 0), limit):
             raise QueueFull(dep.id, limit)
         self._waiting[dep.id] = self._waiting.get(dep.id, 0) + 1
         metrics.QUEUED.labels(deployment=dep.id).inc()
@@ -160,52 +171,93 @@ class Dispatcher:
                     await asyncio.wait_for(self.changed.wait(), timeout=0.05)
                 except TimeoutError:
                     pass
-                decision, blocks = self.decide(route, prompt, ctx, exclude)
+                decision, blocks = self.decide(route, prompt, ctx, exclude, time.monotonic())
                 if decision is not None:
                     return decision, blocks
-            why = "none ready" if not self.fleet.views(dep.id, time.monotonic()) else "all busy"
-            raise NoReplica(dep.id, timeout, why)
+            candidates = len(self.fleet.candidates(dep.id, time.monotonic()))
+            raise NoReplica(dep.id, timeout, why_unserved(candidates))
         finally:
             self._waiting[dep.id] -= 1
             metrics.QUEUED.labels(deployment=dep.id).dec()
+
+    async def _with_failover(
+        self, route: Route, prompt: list[int], ctx: RequestContext, summary: RequestSummary,
+        open_call: Callable[[runtime_pb2_grpc.RuntimeStub], Any],
+    ) -> AsyncIterator[Any]:
+        """The one failover loop of generate and predict (rules in core/failover.py): pick a
+        replica, stream its call; on a failure before the first response, try another."""
+        tried: set[str] = set()
+        for _ in range(MAX_ATTEMPTS):
+            decision, blocks = await self._acquire(route, prompt, ctx, tried)
+            rid = decision.replica_id
+            summary.replica_id = ctx.replica_id = rid
+            summary.queue_wait_ms = (time.monotonic() - ctx.arrived) * 1000
+            metrics.ROUTED.labels(deployment=route.deployment_id, replica=rid).inc()
+            tried.add(rid)
+            started = False
+            try:
+                async for resp in self._call(rid, ctx, blocks, open_call):
+                    started = True
+                    yield resp
+                return
+            except grpc.aio.AioRpcError as e:
+                verdict = after_failure(e.code().name, started=started)
+                if verdict.next is Next.BAD_REQUEST:
+                    raise BadRequest(e.details() or "invalid request") from None
+                if verdict.next is Next.FAIL:
+                    where = "mid-stream" if started else "before the first response"
+                    raise ReplicaFailed(
+                        f"replica {rid} failed {where}: {e.code().name} {e.details()}"
+                    ) from None
+                log.warning("replica_failed_retrying", replica=rid, code=e.code().name,
+                            detail=e.details())
+                metrics.RETRIES.labels(deployment=route.deployment_id).inc()
+        raise NoReplica(route.deployment_id, 0.0, f"{MAX_ATTEMPTS} replicas failed")
+
+    async def _call(
+        self, rid: str, ctx: RequestContext, blocks: int,
+        open_call: Callable[[runtime_pb2_grpc.RuntimeStub], Any],
+    ) -> AsyncIterator[Any]:
+        """One call to one replica, with its in-flight accounting and its fault noted."""
+        entry = self.fleet.get(rid)
+        if entry is None:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "replica gone")
+        self.fleet.routed(rid, ctx.request_id, blocks, time.monotonic())
+        replica_fault = False
+        call = open_call(self.channels.stub(entry.record.grpc_address))
+        try:
+            async for resp in call:
+                self.fleet.started(rid, ctx.request_id)
+                yield resp
+        except grpc.aio.AioRpcError as e:
+            replica_fault = classify(e.code().name) is Fault.REPLICA
+            raise
+        finally:
+            call.cancel()  # the client went away: the runtime aborts and frees the blocks
+            self.fleet.finished(rid, ctx.request_id, not replica_fault, time.monotonic())
+            self.changed.set()
 
     async def generate(
         self, route: Route, prompt: list[int], sampling: runtime_pb2.SamplingParams,
         ctx: RequestContext,
     ) -> AsyncIterator[runtime_pb2.GenerateResponse]:
         """Stream from the chosen replica; retry elsewhere if it fails before the first token."""
-        out = Outcome(prompt_tokens=len(prompt))
-        tried: set[str] = set()
+        out = RequestSummary(prompt_tokens=len(prompt))
+        request = runtime_pb2.GenerateRequest(
+            request_id=ctx.request_id, prompt_token_ids=prompt, sampling=sampling,
+            lora_name=route.lora_name or "",
+        )
+        started = False
         try:
-            for attempt in range(MAX_ATTEMPTS):
-                decision, blocks = await self._acquire(route, prompt, ctx, tried)
-                rid = decision.replica_id
-                out.replica_id = ctx.replica_id = rid
-                metrics.ROUTED.labels(deployment=route.deployment_id, replica=rid).inc()
-                out.queue_wait_ms = (time.monotonic() - ctx.arrived) * 1000
-                tried.add(rid)
-                started = False
-                try:
-                    async for resp in self._stream(rid, route, prompt, sampling, ctx, blocks):
-                        if not started:
-                            started = True
-                            out.ttft_ms = (time.monotonic() - ctx.arrived) * 1000
-                        out.completion_tokens += len(resp.token_ids)
-                        if resp.HasField("usage"):
-                            out.cached_tokens = resp.usage.cached_prompt_tokens
-                        yield resp
-                    return
-                except grpc.aio.AioRpcError as e:
-                    if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                        raise BadRequest(e.details() or "invalid request") from None
-                    if started or e.code() not in RETRYABLE:
-                        raise ReplicaFailed(
-                            f"replica {rid} failed mid-stream: {e.code().name} {e.details()}"
-                        ) from None
-                    log.warning("replica_failed_retrying", replica=rid, attempt=attempt,
-                                code=e.code().name, detail=e.details())
-                    metrics.RETRIES.labels(deployment=route.deployment_id).inc()
-            raise NoReplica(route.deployment_id, 0.0, f"{MAX_ATTEMPTS} replicas failed")
+            async for resp in self._with_failover(route, prompt, ctx, out,
+                                                  lambda stub: stub.Generate(request)):
+                if not started:
+                    started = True
+                    out.ttft_ms = (time.monotonic() - ctx.arrived) * 1000
+                out.completion_tokens += len(resp.token_ids)
+                if resp.HasField("usage"):
+                    out.cached_tokens = resp.usage.cached_prompt_tokens
+                yield resp
         except RouterError as e:
             out.outcome = _outcome_of(e)
             raise
@@ -215,65 +267,14 @@ class Dispatcher:
         finally:
             self._record(route, ctx, out)
 
-    async def _stream(
-        self, rid: str, route: Route, prompt: list[int], sampling: runtime_pb2.SamplingParams,
-        ctx: RequestContext, blocks: int,
-    ) -> AsyncIterator[runtime_pb2.GenerateResponse]:
-        state = self.fleet.get(rid)
-        if state is None:
-            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "replica gone")
-        request = runtime_pb2.GenerateRequest(
-            request_id=ctx.request_id, prompt_token_ids=prompt, sampling=sampling,
-            lora_name=route.lora_name or "",
-        )
-        self.fleet.routed(rid, ctx.request_id, blocks, time.monotonic())
-        replica_fault = False
-        call = self.channels.stub(state.record.grpc_address).Generate(request)
-        try:
-            async for resp in call:
-                self.fleet.started(rid, ctx.request_id)
-                yield resp
-        except grpc.aio.AioRpcError as e:
-            replica_fault = e.code() != grpc.StatusCode.INVALID_ARGUMENT
-            raise
-        finally:
-            call.cancel()  # the client went away: the runtime aborts and frees the blocks
-            self.fleet.finished(rid, ctx.request_id, not replica_fault, time.monotonic())
-            self.changed.set()
-
     async def predict(self, route: Route, payload: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
-        """Call a python-model deployment; retries before the first output like generate."""
-        tried: set[str] = set()
-        for _ in range(MAX_ATTEMPTS):
-            decision, _ = await self._acquire(route, [], ctx, tried)
-            rid = ctx.replica_id = decision.replica_id
-            tried.add(rid)
-            state = self.fleet.get(rid)
-            if state is None:
-                continue
-            started = False
-            self.fleet.routed(rid, ctx.request_id, 0, time.monotonic())
-            replica_fault = False
-            try:
-                call = self.channels.stub(state.record.grpc_address).Predict(
-                    runtime_pb2.PredictRequest(request_id=ctx.request_id, json_input=payload)
-                )
-                async for resp in call:
-                    started = True
-                    yield resp.json_output
-                return
-            except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise BadRequest(e.details() or "invalid input") from None
-                replica_fault = e.code() != grpc.StatusCode.INTERNAL  # INTERNAL: the model raised
-                if started or e.code() not in RETRYABLE or not replica_fault:
-                    raise ReplicaFailed(f"replica {rid}: {e.code().name} {e.details()}") from None
-            finally:
-                self.fleet.finished(rid, ctx.request_id, not replica_fault, time.monotonic())
-                self.changed.set()
-        raise NoReplica(route.deployment_id, 0.0, f"{MAX_ATTEMPTS} replicas failed")
+        """Call a python-model deployment, with generate's failover rule."""
+        request = runtime_pb2.PredictRequest(request_id=ctx.request_id, json_input=payload)
+        async for resp in self._with_failover(route, [], ctx, RequestSummary(),
+                                              lambda stub: stub.Predict(request)):
+            yield resp.json_output
 
-    def _record(self, route: Route, ctx: RequestContext, out: Outcome) -> None:
+    def _record(self, route: Route, ctx: RequestContext, out: RequestSummary) -> None:
         e2e_ms = (time.monotonic() - ctx.arrived) * 1000
         metrics.REQUESTS.labels(deployment=route.deployment_id, outcome=out.outcome).inc()
         if out.ttft_ms:

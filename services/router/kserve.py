@@ -32,10 +32,11 @@ from basalt.kserve.server import closing_stream, interleave, log_failure
 from basalt.log import get_logger
 from basalt.pb import kserve_pb2 as pb
 from basalt.pb import kserve_pb2_grpc, runtime_pb2
+from services.router.core.deployments import DeploymentTable, Route
+from services.router.core.errors import BadRequest, ModelNotFound, RouterError, Unauthorized
+from services.router.status_codes import grpc_code
 
-from .deployments import DeploymentTable, Route
 from .dispatch import Dispatcher, RequestContext
-from .errors import BadRequest, ModelNotFound, RouterError, Unauthorized
 from .tokenizers import Tokenizers
 
 log = get_logger(__name__)
@@ -49,7 +50,7 @@ STOP_GRACE_S = 1.0
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message a failed request ends with."""
     if isinstance(exc, RouterError):
-        return exc.grpc_code, exc.message
+        return grpc_code(exc), exc.message
     if isinstance(exc, InvalidInput):
         return grpc.StatusCode.INVALID_ARGUMENT, exc.message
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
@@ -100,7 +101,7 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelReadyRequest, context: Any
     ) -> pb.ModelReadyResponse:
         route = self.table.resolve(request.name)
-        views = self.dispatcher.fleet.views(route.deployment_id, time.monotonic()) if route else []
+        views = self.dispatcher.fleet.candidates(route.deployment_id, time.monotonic()) if route else []
         return pb.ModelReadyResponse(ready=bool(views))
 
     async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
@@ -221,7 +222,7 @@ def _refusing(handler: grpc.RpcMethodHandler, error: RouterError) -> grpc.RpcMet
     """A handler of the same shape as `handler` that ends the call with `error`, doing nothing."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(error.grpc_code, error.message)
+        await context.abort(grpc_code(error), error.message)
 
     kwargs = {
         "request_deserializer": handler.request_deserializer,

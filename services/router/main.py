@@ -14,16 +14,16 @@ from basalt import apikeys, bus, deployfile, subjects
 from basalt import log as blog
 from basalt.config import parse
 from basalt.metrics import serve_metrics
+from services.router.core.deployments import DeploymentTable
+from services.router.core.fleet import Fleet
+from services.router.core.index import PrefixIndex
+from services.router.core.types import PolicyConfig, RegionLatency
 
 from .config import RouterSettings
-from .deployments import DeploymentTable
 from .dispatch import Channels, Dispatcher
-from .fleet import Fleet
-from .index import PrefixIndex
 from .kserve import start_kserve_server, stop_kserve_servers
 from .openai_api import AppState, create_app
 from .tokenizers import Tokenizers
-from .types import PolicyConfig, RegionLatency
 from .watchers import StateWatcher
 
 log = blog.get_logger(__name__)

@@ -16,10 +16,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from basalt.apikeys import KeyVerifier, key_from_header
 from basalt.log import bind_request_id, clear_request_id, get_logger
 from basalt.pb import runtime_pb2
+from services.router.core.deployments import DeploymentTable, Route
+from services.router.core.errors import BadRequest, ModelNotFound, RouterError, Unauthorized
+from services.router.status_codes import http_status
 
-from .deployments import DeploymentTable, Route
 from .dispatch import Dispatcher, RequestContext
-from .errors import BadRequest, ModelNotFound, RouterError, Unauthorized
 from .openai_types import ChatCompletionRequest, CompletionRequest, _Sampling
 from .tokenizers import Tokenizers
 
@@ -42,7 +43,7 @@ class AppState:
 
 
 def _error(e: RouterError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
+    return JSONResponse(e.body(), status_code=http_status(e))
 
 
 def create_app(state: AppState) -> FastAPI:

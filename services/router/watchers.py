@@ -14,12 +14,12 @@ from basalt.ids import ReplicaId
 from basalt.kvevents import KvEventBatchData, batch_from_proto, stored_from_proto
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2, runtime_pb2
+from services.router.core.deployments import DeploymentTable
+from services.router.core.fleet import Fleet
+from services.router.core.index import PrefixIndex
 
 from . import metrics
-from .deployments import DeploymentTable
 from .dispatch import Channels
-from .fleet import Fleet
-from .index import PrefixIndex
 
 log = get_logger(__name__)
 DELETED = ("DEL", "PURGE")

@@ -11,7 +11,7 @@ from bench import routing
 from bench.replay import PolicyResult, ReplayConfig, prepare, replay, trace_bounds
 from bench.routing_live import run_comparison, stickiness
 from bench.traces import ChatWorkload, synthetic_chat
-from services.router.types import PolicyConfig, PolicyKind
+from services.router.core.types import PolicyConfig, PolicyKind
 
 # ~200 requests of multi-turn chat on 4 replicas, each cache a third of the distinct tokens.
 WORKLOAD = ChatWorkload(conversations=40, rate=1.0, seed=7)

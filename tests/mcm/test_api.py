@@ -16,7 +16,7 @@ from basalt.pb import deploy_pb2, events_pb2
 from services.mcm.api import create_app
 from services.mcm.scale import ScaleConsumer
 from services.mcm.store import Store
-from services.router.deployments import DeploymentTable
+from services.router.core.deployments import DeploymentTable
 from tests.mcm_process import eventually
 
 pytestmark = pytest.mark.integration

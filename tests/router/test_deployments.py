@@ -1,7 +1,7 @@
 """Model names resolve to the deployment a user expects."""
 
 from basalt.pb import deploy_pb2
-from services.router.deployments import DeploymentTable
+from services.router.core.deployments import DeploymentTable
 
 
 def _dep(dep_id: str, model: str, loras=(), active=True) -> deploy_pb2.DeploymentRecord:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.router.hashing import BlockHasher, block_hashes
-from services.router.types import InvalidBlockSize
+from services.router.core.hashing import BlockHasher, block_hashes
+from services.router.core.errors import InvalidBlockSize
 
 TOKENS = list(range(1000, 1064))  # 4 blocks of 16
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def test_hashes_are_64_bit_ints_and_differ_per_block() -> None:
 
 def test_same_tokens_give_same_hashes_in_another_process() -> None:
     code = (
-        "from services.router.hashing import block_hashes;"
+        "from services.router.core.hashing import block_hashes;"
         f"print(block_hashes({TOKENS!r}, 16, 'ad', seed=7))"
     )
     out = subprocess.run(

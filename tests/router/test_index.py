@@ -8,9 +8,9 @@ from itertools import pairwise
 
 from basalt.ids import ReplicaId
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatchData
-from services.router.hashing import block_hashes
-from services.router.index import PrefixIndex
-from services.router.types import OwnBlockHash
+from services.router.core.hashing import block_hashes
+from services.router.core.index import PrefixIndex
+from services.router.core.types import OwnBlockHash
 
 BS = 4
 R1, R2 = ReplicaId("r1"), ReplicaId("r2")

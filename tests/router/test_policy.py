@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from basalt.ids import ReplicaId
-from services.router.policy import (
+from services.router.core.policy import (
     RoundRobinState,
     after_decision,
     choose,
@@ -16,12 +16,12 @@ from services.router.policy import (
     kv_cost,
     rendezvous_weight,
 )
-from services.router.types import (
+from services.router.core.types import (
+    Candidate,
     InvalidPolicyConfig,
     PolicyConfig,
     PolicyKind,
     RegionLatency,
-    ReplicaView,
     RouteRequest,
 )
 
@@ -31,13 +31,13 @@ KV = PolicyConfig(overlap_weight=1.0, lora_load_penalty=256.0, region_penalty_pe
 REQ = RouteRequest(num_prompt_tokens=2048, num_blocks=128)
 
 
-def view(name: str, **kw: object) -> ReplicaView:
+def view(name: str, **kw: object) -> Candidate:
     kw.setdefault("kv_blocks_total", 10_000)
-    return ReplicaView(replica_id=ReplicaId(name), **kw)  # type: ignore[arg-type]
+    return Candidate(replica_id=ReplicaId(name), **kw)  # type: ignore[arg-type]
 
 
 def pick(
-    replicas: list[ReplicaView],
+    replicas: list[Candidate],
     overlap: dict[str, int] | None = None,
     config: PolicyConfig = KV,
     request: RouteRequest = REQ,
@@ -194,7 +194,7 @@ def test_session_affinity_sticks_and_survives_a_replica_joining() -> None:
     replicas = [view(n) for n in ("a", "b", "c", "d")]
     keys = [f"user-{i}" for i in range(400)]
 
-    def route(key: str, pool: list[ReplicaView]) -> str | None:
+    def route(key: str, pool: list[Candidate]) -> str | None:
         request = RouteRequest(2048, 128, session_key=key)
         return pick(pool, {"a": 128}, config, request=request)
 

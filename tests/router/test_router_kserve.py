@@ -221,7 +221,7 @@ async def test_api_keys_guard_every_kserve_call_but_grpc_health(stack: Stack, nc
 
 
 async def test_stop_kserve_servers_stops_serving() -> None:
-    from services.router.deployments import DeploymentTable
+    from services.router.core.deployments import DeploymentTable
     from services.router.kserve import start_kserve_server, stop_kserve_servers
 
     settings = SimpleNamespace(grpc_host="127.0.0.1", grpc_port=0)

@@ -1,14 +1,11 @@
-"""Errors the router answers with, each knowing its HTTP status, gRPC code and OpenAI type; and
-the pure core's configuration errors, each carrying the value it refused (no I/O)."""
+"""Errors the router answers with, each carrying its data and its OpenAI error type and code;
+and the pure core's configuration errors, each carrying the value it refused (no I/O). Their
+HTTP statuses and gRPC codes are the adapters' business (services/router/status_codes.py)."""
 
 from __future__ import annotations
 
-import grpc
-
 
 class RouterError(Exception):
-    status = 500
-    grpc_code = grpc.StatusCode.INTERNAL
     type = "server_error"
     code: str | None = None
 
@@ -22,21 +19,15 @@ class RouterError(Exception):
 
 
 class BadRequest(RouterError):
-    status = 400
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
     type = "invalid_request_error"
 
 
 class Unauthorized(RouterError):
-    status = 401
-    grpc_code = grpc.StatusCode.UNAUTHENTICATED
     type = "authentication_error"
     code = "invalid_api_key"
 
 
 class ModelNotFound(RouterError):
-    status = 404
-    grpc_code = grpc.StatusCode.NOT_FOUND
     type = "invalid_request_error"
     code = "model_not_found"
 
@@ -46,8 +37,6 @@ class ModelNotFound(RouterError):
 
 
 class QueueFull(RouterError):
-    status = 429
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     type = "rate_limit_error"
     code = "queue_full"
 
@@ -61,8 +50,6 @@ class QueueFull(RouterError):
 
 
 class NoReplica(RouterError):
-    status = 503
-    grpc_code = grpc.StatusCode.UNAVAILABLE
     type = "service_unavailable"
     code = "no_replica"
 
@@ -77,8 +64,6 @@ class NoReplica(RouterError):
 class ReplicaFailed(RouterError):
     """A replica failed after streaming had begun; the stream ends with this error."""
 
-    status = 502
-    grpc_code = grpc.StatusCode.UNAVAILABLE
     type = "replica_error"
     code = "replica_failed"
 

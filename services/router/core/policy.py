@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from random import Random
 
 from basalt.ids import ReplicaId
-
-from .types import (
+from services.router.core.types import (
+    Candidate,
     CostBreakdown,
     Decision,
     PolicyConfig,
     PolicyKind,
     RegionLatency,
-    ReplicaView,
     RouteRequest,
 )
 
@@ -49,8 +48,8 @@ class RoundRobinState:
 
 
 def eligible(
-    replicas: Iterable[ReplicaView], config: PolicyConfig, now: float
-) -> list[ReplicaView]:
+    replicas: Iterable[Candidate], config: PolicyConfig, now: float
+) -> list[Candidate]:
     """Replicas that are healthy, not skipped at `now`, and not busy past the thresholds."""
     return [
         r
@@ -64,7 +63,7 @@ def eligible(
 
 def kv_cost(
     request: RouteRequest,
-    replica: ReplicaView,
+    replica: Candidate,
     overlap_blocks: int,
     config: PolicyConfig,
     latency: RegionLatency = DEFAULT_LATENCY,
@@ -87,7 +86,7 @@ def _region_cost(
 
 def _kv_terms(
     request: RouteRequest,
-    replica: ReplicaView,
+    replica: Candidate,
     overlap_blocks: int,
     config: PolicyConfig,
     region: float,
@@ -105,11 +104,11 @@ def _kv_terms(
 
 def choose_kv(
     request: RouteRequest,
-    candidates: Sequence[ReplicaView],
+    candidates: Sequence[Candidate],
     overlap: Mapping[ReplicaId, int],
     config: PolicyConfig,
     latency: RegionLatency = DEFAULT_LATENCY,
-    rng: random.Random | None = None,
+    rng: Random | None = None,
 ) -> Decision | None:
     """Lowest `kv_cost` among `candidates` (already eligible); softmax if temperature > 0."""
     if not candidates:
@@ -129,8 +128,8 @@ def choose_kv(
 
 
 def _sample_softmax(
-    scored: list[tuple[_Terms, ReplicaView]], temperature: float, rng: random.Random
-) -> tuple[_Terms, ReplicaView]:
+    scored: list[tuple[_Terms, Candidate]], temperature: float, rng: Random
+) -> tuple[_Terms, Candidate]:
     ordered = sorted(scored, key=lambda s: s[1].replica_id)  # input order must not matter
     lowest = min(t[5] for t, _ in ordered)
     weights = [math.exp(-(t[5] - lowest) / temperature) for t, _ in ordered]
@@ -138,8 +137,8 @@ def _sample_softmax(
 
 
 def choose_round_robin(
-    candidates: Sequence[ReplicaView], state: RoundRobinState
-) -> ReplicaView | None:
+    candidates: Sequence[Candidate], state: RoundRobinState
+) -> Candidate | None:
     """The first candidate (by id) after the last pick, wrapping; updates `state`."""
     if not candidates:
         return None
@@ -151,7 +150,7 @@ def choose_round_robin(
     return next(r for r in candidates if r.replica_id == pick)
 
 
-def choose_least_loaded(candidates: Sequence[ReplicaView]) -> ReplicaView | None:
+def choose_least_loaded(candidates: Sequence[Candidate]) -> Candidate | None:
     """Fewest running + waiting requests, then lowest KV usage, then smallest id."""
     if not candidates:
         return None
@@ -161,7 +160,7 @@ def choose_least_loaded(candidates: Sequence[ReplicaView]) -> ReplicaView | None
     )
 
 
-def choose_random(candidates: Sequence[ReplicaView], rng: random.Random) -> ReplicaView | None:
+def choose_random(candidates: Sequence[Candidate], rng: Random) -> Candidate | None:
     """Uniform pick; the same rng state picks the same replica whatever the input order."""
     if not candidates:
         return None
@@ -174,7 +173,7 @@ def rendezvous_weight(session_key: str, replica_id: ReplicaId) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
-def choose_session(candidates: Sequence[ReplicaView], session_key: str) -> ReplicaView | None:
+def choose_session(candidates: Sequence[Candidate], session_key: str) -> Candidate | None:
     """Rendezvous hashing: a key stays on its replica while that replica stays eligible, and
     only keys of a replica that leaves move when others come and go."""
     if not candidates:
@@ -186,13 +185,13 @@ def choose_session(candidates: Sequence[ReplicaView], session_key: str) -> Repli
 
 def choose(
     request: RouteRequest,
-    replicas: Iterable[ReplicaView],
+    replicas: Iterable[Candidate],
     overlap: Mapping[ReplicaId, int],
     config: PolicyConfig,
     *,
     now: float,
     latency: RegionLatency = DEFAULT_LATENCY,
-    rng: random.Random | None = None,
+    rng: Random | None = None,
     rr_state: RoundRobinState | None = None,
 ) -> Decision | None:
     """Pick a replica with `config.kind`; None when no replica is eligible.
@@ -224,14 +223,14 @@ def choose(
 
 
 def _decision(
-    picked: ReplicaView | None, kind: PolicyKind, overlap: Mapping[ReplicaId, int]
+    picked: Candidate | None, kind: PolicyKind, overlap: Mapping[ReplicaId, int]
 ) -> Decision | None:
     if picked is None:
         return None
     return Decision(picked.replica_id, kind, overlap.get(picked.replica_id, 0))
 
 
-def after_decision(view: ReplicaView, request: RouteRequest) -> ReplicaView:
+def after_decision(view: Candidate, request: RouteRequest) -> Candidate:
     """The view with the routed request counted in, until the next load report replaces it:
     its blocks become active and it waits in the queue (as Dynamo does between reports)."""
     return replace(

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .types import OwnBlockHash
+from services.router.core.types import OwnBlockHash
 
 
 @dataclass(slots=True)

@@ -18,8 +18,8 @@ from array import array
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .errors import InvalidBlockSize
-from .types import OwnBlockHash
+from services.router.core.errors import InvalidBlockSize
+from services.router.core.types import OwnBlockHash
 
 _ROOT_PARENT = bytes(8)
 _BIG_ENDIAN = sys.byteorder == "big"

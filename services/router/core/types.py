@@ -1,5 +1,5 @@
 """Shared types of the router's pure core: hashes, request and replica views, policy config,
-decisions and index results (no I/O). The core's errors are in errors.py, re-exported here.
+decisions and index results (no I/O). The core's errors are in errors.py.
 
 Every cost in a `CostBreakdown` is in KV blocks, as in Dynamo's KV router: one block of
 prefill, one block of decode load, and the configured block-equivalents of a LoRA load and of
@@ -16,8 +16,7 @@ from typing import NewType
 
 from basalt.ids import ReplicaId
 
-# InvalidBlockSize is re-exported: it was defined here.
-from .errors import InvalidBlockSize, InvalidPolicyConfig  # noqa: F401
+from services.router.core.errors import InvalidPolicyConfig
 
 # The router's own chained hash of one full block (64-bit), independent of any engine's hash.
 OwnBlockHash = NewType("OwnBlockHash", int)
@@ -46,7 +45,7 @@ class RouteRequest:
 
 
 @dataclass(slots=True, frozen=True)
-class ReplicaView:
+class Candidate:
     """A candidate replica as the router last heard of it (record + load report)."""
 
     replica_id: ReplicaId

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from basalt.ids import ReplicaId
 from basalt.pb import events_pb2
-
-from .types import ReplicaView
+from services.router.core.failover import backoff_until
+from services.router.core.types import Candidate
 
 READY = events_pb2.REPLICA_STATE_READY
 
@@ -24,7 +24,7 @@ class _Inflight:
 
 
 @dataclass(slots=True)
-class ReplicaState:
+class ReplicaEntry:
     record: events_pb2.ReplicaRecord
     seen_at: float
     load: events_pb2.LoadReport | None = None
@@ -38,19 +38,19 @@ class Fleet:
     def __init__(self, ttl_s: float = 15.0, failure_backoff_s: float = 5.0) -> None:
         self.ttl_s = ttl_s
         self.failure_backoff_s = failure_backoff_s
-        self._replicas: dict[str, ReplicaState] = {}
+        self._replicas: dict[str, ReplicaEntry] = {}
 
     def __contains__(self, replica_id: str) -> bool:
         return replica_id in self._replicas
 
-    def get(self, replica_id: str) -> ReplicaState | None:
+    def get(self, replica_id: str) -> ReplicaEntry | None:
         return self._replicas.get(replica_id)
 
     def upsert(self, record: events_pb2.ReplicaRecord, now: float) -> bool:
         """Store a record; True when it is a new replica or a restarted one (new epoch)."""
         state = self._replicas.get(record.replica_id)
         if state is None or state.record.epoch != record.epoch:
-            self._replicas[record.replica_id] = ReplicaState(record, now)
+            self._replicas[record.replica_id] = ReplicaEntry(record, now)
             return True
         state.record = record
         state.seen_at = now
@@ -86,18 +86,14 @@ class Fleet:
         if state is None:
             return
         state.inflight.pop(request_id, None)
-        if ok:
-            state.failures = 0
-            state.skip_until = 0.0
-        else:
-            state.failures += 1
-            state.skip_until = now + self.failure_backoff_s * min(state.failures, 6)
+        state.failures = 0 if ok else state.failures + 1
+        state.skip_until = backoff_until(state.failures, now, self.failure_backoff_s)
 
     def deployment_of(self, replica_id: str) -> str | None:
         state = self._replicas.get(replica_id)
         return state.record.deployment if state else None
 
-    def views(self, deployment_id: str, now: float) -> list[ReplicaView]:
+    def candidates(self, deployment_id: str, now: float) -> list[Candidate]:
         """READY replicas of a deployment, with load = last report + work routed since."""
         out = []
         for state in self._replicas.values():
@@ -107,13 +103,13 @@ class Fleet:
             out.append(self._view(state))
         return out
 
-    def _view(self, state: ReplicaState) -> ReplicaView:
+    def _view(self, state: ReplicaEntry) -> Candidate:
         rec, load = state.record, state.load
         newer = [f for f in state.inflight.values() if f.routed_at > state.load_at]
         active = (load.kv_blocks_active if load else 0) + sum(f.blocks for f in newer)
         waiting = (load.num_waiting if load else 0) + sum(1 for f in newer if not f.started)
         running = (load.num_running if load else 0) + sum(1 for f in newer if f.started)
-        return ReplicaView(
+        return Candidate(
             replica_id=ReplicaId(rec.replica_id),
             region=rec.region,
             zone=rec.zone,

@@ -34,16 +34,28 @@ from collections.abc import Iterable, Sequence
 
 from basalt.ids import ReplicaId
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatchData
-
-from .hashing import BlockHasher, HasherFactory, chain_bytes, default_hasher, tokens_to_bytes
-from .index_records import ApplyTally, IndexCounters, IndexedReplica, memory_estimate
-from .types import ApplyResult, IndexStats, OwnBlockHash
+from services.router.core.hashing import (
+    BlockHasher,
+    HasherFactory,
+    chain_bytes,
+    default_hasher,
+    tokens_to_bytes,
+)
+from services.router.core.index_records import (
+    ApplyTally,
+    IndexCounters,
+    IndexedReplica,
+    memory_estimate,
+)
+from services.router.core.types import ApplyResult, IndexStats, OwnBlockHash
 
 __all__ = ["ApplyResult", "IndexStats", "PrefixIndex"]
 
 
 class PrefixIndex:
-    """Prefix index over all replicas of one deployment. Not thread-safe; no I/O."""
+    """Prefix index over every replica this router knows, of every deployment (the router
+    builds one; a deployment's candidates are filtered before matching, and block hashes
+    differ by LoRA and block size). Not thread-safe; no I/O."""
 
     __slots__ = (
         "_entries",
