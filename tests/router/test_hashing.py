@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.router.core.hashing import BlockHasher, block_hashes
 from services.router.core.errors import InvalidBlockSize
+from services.router.core.hashing import BlockHasher, block_hashes
 
 TOKENS = list(range(1000, 1064))  # 4 blocks of 16
 REPO = Path(__file__).resolve().parents[2]
