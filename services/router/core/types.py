@@ -15,7 +15,6 @@ from enum import Enum
 from typing import NewType
 
 from basalt.ids import ReplicaId
-
 from services.router.core.errors import InvalidPolicyConfig
 
 # The router's own chained hash of one full block (64-bit), independent of any engine's hash.
