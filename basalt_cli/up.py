@@ -150,8 +150,7 @@ def main(argv: list[str]) -> int:
         stack.wait_file("router", state / "router.ready.json", 60)
         key = asyncio.run(_make_key(url))
         key_file = state / "api-key"  # for `basalt status/scale/...`; readable by this user only
-        key_file.write_text(key + "\n")
-        key_file.chmod(0o600)
+        write_private(key_file, key + "\n")
         mcm_url = f"http://127.0.0.1:{ns.mcm_port}"
         path = ns.deployment_file or DEPLOY[ns.engine]
         parsed = deployfile.load(path, base_dir=path.parent)
@@ -198,3 +197,12 @@ def _wait_for_ctrl_c() -> None:
     signal.signal(signal.SIGINT, handler)
     while not stop:
         time.sleep(0.2)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret to a file that is 0600 from its creation (never readable by others,
+    not even between the write and a chmod); an existing file is replaced."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

@@ -9,6 +9,7 @@ keeps no fields of its own, so their fields and their order stay theirs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,6 +35,7 @@ class ServiceProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", module, *args], cwd=REPO, stdout=out,
                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,  # its own group: kill() takes its children too
             )
 
     def _wait_for(self, ready: Path, timeout: float, what: str, poll_s: float = 0.1) -> None:
@@ -59,7 +61,12 @@ class ServiceProcess:
         return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown at all (a crashed process)."""
-        if self.proc is not None and self.proc.poll() is None:
+        """SIGKILL the process and its group: no shutdown at all (a crashed host), and no
+        engine worker left behind."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()

@@ -116,8 +116,11 @@ class LocalProvider:
 
     def _spawn(self, cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         with open(log_path, "ab") as out:
+            # Its own process group: a SIGKILL takes the engine's worker processes with it
+            # (vLLM's EngineCore outlives a killed parent otherwise).
             return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=self.env)
+                                    stdin=subprocess.DEVNULL, env=self.env,
+                                    start_new_session=True)
 
     def _alive(self, run: _Running) -> bool:
         if run.proc is not None:
@@ -127,11 +130,14 @@ class LocalProvider:
     def _signal(self, run: _Running, sig: signal.Signals) -> None:
         if not self._alive(run):
             return
+        pid = run.proc.pid if run.proc is not None else run.handle.pid
+        if pid is None:
+            return
         try:
-            if run.proc is not None:
-                run.proc.send_signal(sig)
-            elif run.handle.pid is not None:
-                os.kill(run.handle.pid, sig)
+            if sig == signal.SIGKILL:
+                _kill_group(pid)
+            else:  # SIGTERM to the runtime alone: it drains, then stops its engine itself
+                os.kill(pid, sig)
         except ProcessLookupError:
             pass
 
@@ -228,3 +234,12 @@ class LocalProvider:
     async def close(self) -> None:
         """Stop (drain, then kill after the grace period) every replica started or found."""
         await asyncio.gather(*(self.stop(rid) for rid in list(self._running)))
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the replica and every process of its group (it leads one: start_new_session);
+    one started before replicas led their own group gets a plain SIGKILL."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
