@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
+from collections import OrderedDict
+
+from google.protobuf.message import DecodeError
 
 from basalt.pb import deploy_pb2
 
@@ -60,28 +64,74 @@ async def create(nc, name: str) -> str:  # type: ignore[no-untyped-def]
     return key
 
 
-class KeyVerifier:
-    """Checks keys against the API-keys bucket, caching records briefly (does I/O)."""
+class KeyStoreUnavailable(Exception):
+    """The API-keys bucket cannot be read and this key was not verified recently: the caller
+    answers 503 (an outage of the key store is not a bad key)."""
 
-    def __init__(self, bucket, cache_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, key_id: str, error: str) -> None:
+        super().__init__(f"the API key store is unavailable ({error}); retry shortly")
+        self.key_id = key_id
+        self.error = error
+
+
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def well_formed_id(key_id: str | None) -> bool:
+    """Ids are what `make_key` makes: 12 lowercase hex digits. Others are never looked up."""
+    return key_id is not None and _KEY_ID.fullmatch(key_id) is not None
+
+
+class KeyVerifier:
+    """Checks keys against the API-keys bucket (does I/O), with a bounded LRU cache of what
+    the bucket said per key id: fresh for `cache_s`; while the bucket cannot be read, a key
+    that verified within `outage_grace_s` keeps working, any other raises KeyStoreUnavailable.
+    Malformed keys are refused without a lookup and never cached."""
+
+    def __init__(self, bucket, cache_s: float = 5.0, max_entries: int = 10_000,  # type: ignore[no-untyped-def]
+                 outage_grace_s: float = 300.0) -> None:
         self.bucket = bucket
         self.cache_s = cache_s
-        self._cache: dict[str, tuple[float, deploy_pb2.ApiKeyRecord | None]] = {}
+        self.max_entries = max_entries
+        self.outage_grace_s = outage_grace_s
+        self._cache: OrderedDict[str, tuple[float, deploy_pb2.ApiKeyRecord | None]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     async def verify(self, key: str | None) -> bool:
         if not key:
             return False
         key_id = key_id_of(key)
-        if key_id is None:
+        if key_id is None or not well_formed_id(key_id):
             return False
         now = time.monotonic()
         hit = self._cache.get(key_id)
         if hit is None or now - hit[0] > self.cache_s:
             try:
-                entry = await self.bucket.get(key_id)
-                rec = deploy_pb2.ApiKeyRecord.FromString(entry.value) if entry.value else None
-            except Exception:  # noqa: BLE001 - unreadable or gone: no such key (fail closed)
-                rec = None
+                rec = await self._lookup(key_id)
+            except Exception as e:  # noqa: BLE001 - store unreachable: not a verdict on the key
+                if hit is not None and hit[1] is not None and now - hit[0] <= self.outage_grace_s:
+                    return matches(hit[1], key)
+                raise KeyStoreUnavailable(key_id, type(e).__name__) from None
             hit = (now, rec)
-            self._cache[key_id] = hit
+            self._remember(key_id, hit)
         return hit[1] is not None and matches(hit[1], key)
+
+    async def _lookup(self, key_id: str) -> deploy_pb2.ApiKeyRecord | None:
+        from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+        try:
+            entry = await self.bucket.get(key_id)
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        try:
+            return deploy_pb2.ApiKeyRecord.FromString(entry.value) if entry.value else None
+        except DecodeError:
+            return None  # an unreadable record verifies nothing (fail closed)
+
+    def _remember(self, key_id: str, hit: tuple[float, deploy_pb2.ApiKeyRecord | None]) -> None:
+        self._cache[key_id] = hit
+        self._cache.move_to_end(key_id)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)

@@ -30,7 +30,7 @@ from nats.js.kv import KeyValue
 from starlette.exceptions import HTTPException
 
 from basalt import bus
-from basalt.apikeys import KeyVerifier, key_from_header
+from basalt.apikeys import KeyStoreUnavailable, KeyVerifier, key_from_header
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2
 from services.mcm.core import resources as res
@@ -428,7 +428,10 @@ def _install_auth(app: FastAPI, verifier: KeyVerifier | None) -> None:
     async def _auth(request: Request, call_next):  # type: ignore[no-untyped-def]
         if verifier is not None and request.url.path not in OPEN_PATHS:
             key = key_from_header(request.headers.get("authorization"))
-            if not await verifier.verify(key):
-                return _json(Unauthorized("missing or invalid API key: send "
-                                          "'Authorization: Bearer <key>' or 'Api-Key <key>'"))
+            try:
+                if not await verifier.verify(key):
+                    return _json(Unauthorized("missing or invalid API key: send "
+                                              "'Authorization: Bearer <key>' or 'Api-Key <key>'"))
+            except KeyStoreUnavailable as e:
+                return _json(ApiError(str(e)), 503)
         return await call_next(request)

@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from basalt.apikeys import KeyVerifier, key_from_header
+from basalt.apikeys import KeyStoreUnavailable, KeyVerifier, key_from_header
 from basalt.kserve import codec
 from basalt.kserve.codec import InvalidInput, Response
 from basalt.kserve.server import closing_stream, interleave, log_failure
@@ -33,7 +33,13 @@ from basalt.log import get_logger
 from basalt.pb import kserve_pb2 as pb
 from basalt.pb import kserve_pb2_grpc, runtime_pb2
 from services.router.core.deployments import DeploymentTable, Route
-from services.router.core.errors import BadRequest, ModelNotFound, RouterError, Unauthorized
+from services.router.core.errors import (
+    AuthUnavailable,
+    BadRequest,
+    ModelNotFound,
+    RouterError,
+    Unauthorized,
+)
 from services.router.status_codes import grpc_code
 
 from .dispatch import Dispatcher, RequestContext
@@ -253,8 +259,12 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = dict(details.invocation_metadata or ())
         header = metadata.get("authorization")
-        if await self.verifier.verify(key_from_header(header if isinstance(header, str) else None)):
-            return handler
+        try:
+            if await self.verifier.verify(
+                    key_from_header(header if isinstance(header, str) else None)):
+                return handler
+        except KeyStoreUnavailable as e:
+            return _refusing(handler, AuthUnavailable(str(e)))
         log.info("kserve_unauthenticated", method=details.method, key_given=bool(header))
         return _refusing(handler, Unauthorized("missing or invalid API key"))
 

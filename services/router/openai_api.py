@@ -13,11 +13,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from basalt.apikeys import KeyVerifier, key_from_header
+from basalt.apikeys import KeyStoreUnavailable, KeyVerifier, key_from_header
 from basalt.log import bind_request_id, clear_request_id, get_logger
 from basalt.pb import runtime_pb2
 from services.router.core.deployments import DeploymentTable, Route
-from services.router.core.errors import BadRequest, ModelNotFound, RouterError, Unauthorized
+from services.router.core.errors import (
+    AuthUnavailable,
+    BadRequest,
+    ModelNotFound,
+    RouterError,
+    Unauthorized,
+)
 from services.router.status_codes import http_status
 
 from .dispatch import Dispatcher, RequestContext
@@ -63,8 +69,11 @@ def create_app(state: AppState) -> FastAPI:
     async def _auth(request: Request, call_next):  # type: ignore[no-untyped-def]
         if state.verifier is not None and request.url.path not in OPEN_PATHS:
             key = key_from_header(request.headers.get("authorization"))
-            if not await state.verifier.verify(key):
-                return _error(Unauthorized("missing or invalid API key"))
+            try:
+                if not await state.verifier.verify(key):
+                    return _error(Unauthorized("missing or invalid API key"))
+            except KeyStoreUnavailable as e:
+                return _error(AuthUnavailable(str(e)))
         return await call_next(request)
 
     @app.get("/health")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from services.router.core.errors import (
+    AuthUnavailable,
     BadRequest,
     ModelNotFound,
     NoReplica,
@@ -19,6 +20,7 @@ _CODES: dict[type[RouterError], tuple[int, grpc.StatusCode]] = {
     BadRequest: (400, grpc.StatusCode.INVALID_ARGUMENT),
     Unauthorized: (401, grpc.StatusCode.UNAUTHENTICATED),
     ModelNotFound: (404, grpc.StatusCode.NOT_FOUND),
+    AuthUnavailable: (503, grpc.StatusCode.UNAVAILABLE),
     QueueFull: (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ReplicaFailed: (502, grpc.StatusCode.UNAVAILABLE),
     NoReplica: (503, grpc.StatusCode.UNAVAILABLE),

@@ -27,6 +27,13 @@ class Unauthorized(RouterError):
     code = "invalid_api_key"
 
 
+class AuthUnavailable(RouterError):
+    """The key store cannot be read and the key was not verified recently: retry, not 401."""
+
+    type = "service_unavailable"
+    code = "auth_unavailable"
+
+
 class ModelNotFound(RouterError):
     type = "invalid_request_error"
     code = "model_not_found"
