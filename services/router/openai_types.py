@@ -6,6 +6,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# The wire types these fields travel in (runtime.proto): a value past them is a 400 naming the
+# field, never a 500 from the protobuf encoder.
+UINT32_MAX = 2**32 - 1
+INT32_MAX = 2**31 - 1
+UINT64_MAX = 2**64 - 1
+
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
@@ -16,11 +22,11 @@ class _Sampling(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=-1)
-    seed: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=-1, le=INT32_MAX)
+    seed: int | None = Field(None, ge=0, le=UINT64_MAX)
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
@@ -54,11 +60,19 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[int] | list[str] | list[list[int]]
+
+    @field_validator("prompt")
+    @classmethod
+    def _token_ids_fit(cls, v: Any) -> Any:
+        ids = v if v and isinstance(v[0], int) else (v[0] if v and isinstance(v[0], list) else [])
+        if any(not 0 <= t <= UINT32_MAX for t in ids):
+            raise ValueError(f"token ids must be within 0..{UINT32_MAX}")
+        return v
 
     def prompt_one(self) -> str | list[int]:
         p = self.prompt

@@ -204,6 +204,11 @@ def test_predict_route_for_python_models(stack) -> None:
     ({"json": {"model": "chat", "prompt": "x", "temperature": 7}}, 400, "temperature"),
     ({"json": {"model": "chat", "prompt": "x", "max_tokens": 0}}, 400, "max_tokens"),
     ({"json": {"model": "chat"}}, 400, "prompt"),
+    # Past the wire types (uint32 / int32 / uint64, and uint32 token ids): 400, never 500.
+    ({"json": {"model": "chat", "prompt": "x", "max_tokens": 2**32}}, 400, "max_tokens"),
+    ({"json": {"model": "chat", "prompt": "x", "top_k": 2**31}}, 400, "top_k"),
+    ({"json": {"model": "chat", "prompt": "x", "seed": 2**64}}, 400, "seed"),
+    ({"json": {"model": "chat", "prompt": [5, 2**32]}}, 400, "token ids"),
 ])
 def test_bad_input_gets_a_clear_4xx_and_the_router_keeps_serving(stack, kwargs, status, needle) -> None:
     router = stack[0]
