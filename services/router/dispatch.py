@@ -201,7 +201,7 @@ class Dispatcher:
                     yield resp
                 return
             except grpc.aio.AioRpcError as e:
-                verdict = after_failure(e.code().name, started=started)
+                verdict = after_failure(e.code().name, started=started, details=e.details() or "")
                 if verdict.next is Next.BAD_REQUEST:
                     raise BadRequest(e.details() or "invalid request") from None
                 if verdict.next is Next.FAIL:
@@ -230,7 +230,7 @@ class Dispatcher:
                 self.fleet.started(rid, ctx.request_id)
                 yield resp
         except grpc.aio.AioRpcError as e:
-            replica_fault = classify(e.code().name) is Fault.REPLICA
+            replica_fault = classify(e.code().name, e.details() or "") is Fault.REPLICA
             raise
         finally:
             call.cancel()  # the client went away: the runtime aborts and frees the blocks

@@ -79,3 +79,11 @@ def test_queue_timeout_is_the_deployments_or_the_default() -> None:
 def test_why_unserved() -> None:
     assert why_unserved(0) == "none ready"
     assert why_unserved(3) == "all busy"
+
+
+def test_a_message_over_grpcs_size_limit_is_the_requests_fault() -> None:
+    details = "Sent message larger than max (5242880 vs. 4194304)"
+    assert classify("RESOURCE_EXHAUSTED", details) is Fault.REQUEST
+    v = after_failure("RESOURCE_EXHAUSTED", started=False, details=details)
+    assert (v.next, v.replica_fault) == (Next.BAD_REQUEST, False)
+    assert classify("RESOURCE_EXHAUSTED", "replica overloaded") is Fault.REPLICA

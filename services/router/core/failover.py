@@ -4,8 +4,8 @@ failed call means, whether to try another replica, and the backoff of a failing 
 One rule for `generate` and `predict`. A call ends with a gRPC status, passed here by its
 name (`"UNAVAILABLE"`), so this module needs no grpc:
 
-- the request's own fault (`INVALID_ARGUMENT`, `OUT_OF_RANGE`): answered 400, never retried,
-  never held against the replica;
+- the request's own fault (`INVALID_ARGUMENT`, `OUT_OF_RANGE`, or a message over gRPC's size
+  limit): answered 400, never retried, never held against the replica;
 - the replica answered that this request failed there (`INTERNAL`: the engine or the model
   raised): answered 502, not retried (the same request would fail the same way elsewhere),
   not held against the replica, so one bad request cannot put every replica into backoff;
@@ -54,19 +54,21 @@ class Verdict:
     replica_fault: bool
 
 
-def classify(code: str) -> Fault:
-    """What a call that ended with gRPC status `code` (its name) says about whom."""
-    if code in REQUEST_FAULT_CODES:
+def classify(code: str, details: str = "") -> Fault:
+    """What a call that ended with gRPC status `code` (its name) says about whom. gRPC's own
+    refusal of a message over its size limit (RESOURCE_EXHAUSTED "... larger than max ...")
+    is the request's fault: every replica would refuse it."""
+    if code in REQUEST_FAULT_CODES or (code == "RESOURCE_EXHAUSTED" and "larger than max" in details):
         return Fault.REQUEST
     if code in ANSWERED_CODES:
         return Fault.ANSWERED
     return Fault.REPLICA
 
 
-def after_failure(code: str, *, started: bool) -> Verdict:
+def after_failure(code: str, *, started: bool, details: str = "") -> Verdict:
     """What to do after a call failed with `code`; `started` when tokens (or predict outputs)
     had reached the client already. The caller stops after MAX_ATTEMPTS replicas (503)."""
-    fault = classify(code)
+    fault = classify(code, details)
     if fault is Fault.REQUEST:
         return Verdict(Next.BAD_REQUEST, replica_fault=False)
     if fault is Fault.ANSWERED:
