@@ -8,6 +8,7 @@ load), `dispatch` (gRPC to replicas: queue, failover, request records), `openai_
 """
 
 __all__ = [
-    "config", "core", "dispatch", "kserve", "main", "metrics", "openai_api", "openai_types",
+    "body_limit", "config", "core", "dispatch", "kserve", "main", "metrics", "openai_api",
+    "openai_types",
     "status_codes", "tokenizers", "watchers",
 ]

@@ -20,6 +20,7 @@ class RouterSettings(ServiceSettings):
     http_port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP server.")
     grpc_host: str = Field("127.0.0.1", description="Address of the KServe v2 gRPC server.")
     grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the KServe v2 gRPC server (0 = any free port).")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="Largest HTTP request body accepted; larger ones get 413.")
     region: str = Field("local", description="This router's region; used when a request names none.")
     region_header: str = Field("x-basalt-region", description="Header carrying the client's region.")
     session_header: str = Field("x-session-id", description="Header carrying the session key for the `session` policy.")

@@ -206,7 +206,8 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         if not streaming:
             codec.refuse_stream_on_infer(call)
         route = with_lora(route, call.lora_name)
-        prompt = (await self.tokenizers.get(route.deployment)).encode(call.text)
+        tok = await self.tokenizers.get(route.deployment)
+        prompt = await asyncio.to_thread(tok.encode, call.text)  # off the event loop
         if not prompt:
             raise BadRequest("input 'text_input' is empty")
         shaper = codec.TextResponses(call, streaming)

@@ -62,7 +62,8 @@ async def run(s: RouterSettings) -> int:
         verifier = apikeys.KeyVerifier(await bus.kv_bucket(nc, subjects.API_KEYS_BUCKET))
     tokenizers = Tokenizers()
     app = create_app(AppState(table, dispatcher, tokenizers, verifier,
-                              s.region_header.lower(), s.session_header.lower()))
+                              s.region_header.lower(), s.session_header.lower(),
+                              s.max_body_bytes))
     kserve_port = await start_kserve_server(s, table, dispatcher, tokenizers, verifier)
     metrics_port = serve_metrics(s.metrics_host, s.metrics_port)
     server = uvicorn.Server(uvicorn.Config(app, host=s.http_host, port=s.http_port,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -26,6 +27,7 @@ from services.router.core.errors import (
 )
 from services.router.status_codes import http_status
 
+from .body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from .dispatch import Dispatcher, RequestContext
 from .openai_types import ChatCompletionRequest, CompletionRequest, _Sampling
 from .tokenizers import Tokenizers
@@ -46,6 +48,7 @@ class AppState:
     verifier: KeyVerifier | None
     region_header: str = "x-basalt-region"
     session_header: str = "x-session-id"
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
 def _error(e: RouterError) -> JSONResponse:
@@ -54,6 +57,7 @@ def _error(e: RouterError) -> JSONResponse:
 
 def create_app(state: AppState) -> FastAPI:
     app = FastAPI(title="basalt router", docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, max_bytes=state.max_body_bytes)  # type: ignore[arg-type]
 
     @app.exception_handler(RouterError)
     async def _router_error(_: Request, e: RouterError) -> JSONResponse:
@@ -91,7 +95,8 @@ def create_app(state: AppState) -> FastAPI:
         route = _resolve(state, body.model)
         tok = await state.tokenizers.get(route.deployment)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        prompt = tok.apply_chat_template(messages)
+        # Off the event loop: a long prompt must not stall every other stream and /health.
+        prompt = await asyncio.to_thread(tok.apply_chat_template, messages)
         max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_CHAT_MAX_TOKENS
         return await _serve(state, request, body, route, prompt, max_tokens, chat=True)
 
@@ -103,7 +108,8 @@ def create_app(state: AppState) -> FastAPI:
         except ValueError as e:
             raise BadRequest(str(e)) from None
         tok = await state.tokenizers.get(route.deployment)
-        prompt = tok.encode(prompt_in) if isinstance(prompt_in, str) else list(prompt_in)
+        prompt = (await asyncio.to_thread(tok.encode, prompt_in) if isinstance(prompt_in, str)
+                  else list(prompt_in))
         if not prompt:
             raise BadRequest("prompt is empty")
         max_tokens = body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS

@@ -1,0 +1,110 @@
+"""The router's HTTP door under big requests (the app served in-process over ASGI, a real
+tokenizer): a body past the limit gets 413 before it is parsed, declared or chunked, and a
+long prompt is tokenized off the event loop, so /health answers meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from basalt.pb import deploy_pb2
+from services.router.core.deployments import DeploymentTable
+from services.router.core.fleet import Fleet
+from services.router.core.index import PrefixIndex
+from services.router.core.types import PolicyConfig, RegionLatency
+from services.router.dispatch import Channels, Dispatcher
+from services.router.openai_api import AppState, create_app
+from services.router.tokenizers import Tokenizers
+
+
+class TimedTokenizers(Tokenizers):
+    """The real tokenizers, noting when each encode ended."""
+
+    encoded_at: list[float]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoded_at = []
+
+    async def get(self, dep: deploy_pb2.DeploymentRecord) -> Any:
+        real = await super().get(dep)
+        outer = self
+
+        class Timed:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def encode(self, text: str) -> list[int]:
+                ids = real.encode(text)
+                outer.encoded_at.append(time.monotonic())
+                return ids
+
+        return Timed()
+
+
+@pytest.fixture
+async def door(tiny_model: Path) -> AsyncIterator[tuple[httpx.AsyncClient, TimedTokenizers]]:
+    table = DeploymentTable()
+    table.put_deployment(deploy_pb2.DeploymentRecord(
+        id="tok-v1", model="tok", status=deploy_pb2.DEPLOYMENT_STATUS_ACTIVE,
+        spec=deploy_pb2.DeploymentSpec(engine="sim", model_path=str(tiny_model),
+                                       queue_limit=4, queue_timeout_s=0.5)))
+    dispatcher = Dispatcher(Fleet(), PrefixIndex(), Channels(), region="local",
+                            latency=RegionLatency(), base_policy=PolicyConfig())
+    tokenizers = TimedTokenizers()
+    app = create_app(AppState(table, dispatcher, tokenizers, None, max_body_bytes=64 * 1024))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://router",
+                                 timeout=60) as client:
+        yield client, tokenizers
+
+
+async def test_a_body_over_the_limit_gets_413_declared_or_chunked(door) -> None:  # type: ignore[no-untyped-def]
+    client, _ = door
+    big = {"model": "tok", "prompt": "x" * (65 * 1024)}
+    r = await client.post("/v1/completions", json=big)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "request_too_large"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"model": "tok", "prompt": "'
+        for _ in range(70):
+            yield b"x" * 1024
+        yield b'"}'
+
+    r = await client.post("/v1/completions", content=chunks(),
+                          headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    small = await client.post("/v1/completions", json={"model": "tok", "prompt": "hi"})
+    assert small.status_code == 503, small.text  # within the limit: served (no replica here)
+
+
+async def test_health_answers_while_a_long_prompt_is_tokenized(tiny_model: Path) -> None:
+    table = DeploymentTable()
+    table.put_deployment(deploy_pb2.DeploymentRecord(
+        id="tok-v1", model="tok", status=deploy_pb2.DEPLOYMENT_STATUS_ACTIVE,
+        spec=deploy_pb2.DeploymentSpec(engine="sim", model_path=str(tiny_model),
+                                       queue_limit=4, queue_timeout_s=0.5)))
+    dispatcher = Dispatcher(Fleet(), PrefixIndex(), Channels(), region="local",
+                            latency=RegionLatency(), base_policy=PolicyConfig())
+    tokenizers = TimedTokenizers()
+    app = create_app(AppState(table, dispatcher, tokenizers, None))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://router", timeout=120) as client:
+        await client.post("/v1/completions", json={"model": "tok", "prompt": "warm up"})
+        # ~1.5 MB of text: a second or more of tokenizing on this machine
+        long = asyncio.create_task(client.post(
+            "/v1/completions", json={"model": "tok", "prompt": "hello world " * 130_000}))
+        await asyncio.sleep(0.3)
+        health = await client.get("/health")
+        answered = time.monotonic()
+        await long
+    assert health.status_code == 200
+    assert len(tokenizers.encoded_at) == 2
+    assert answered < tokenizers.encoded_at[1], "/health waited for the tokenizer"
