@@ -10,7 +10,6 @@ tritonclient: both register the same `inference.*` protobuf symbols.
 from __future__ import annotations
 
 import json
-import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,8 +98,31 @@ def _decode_raw(name: str, datatype: str, raw: bytes) -> list[Any]:
     return list(struct.unpack(f"<{len(raw) // size}{fmt}", raw))
 
 
+# Bounds on what a request's shapes may claim, checked before anything is built from them (a
+# 30-byte request must not make the server allocate or loop over a huge declared shape).
+MAX_DIMS = 8
+MAX_ELEMENTS = 2**24
+
+
+def check_shape(name: str, shape: list[int]) -> int:
+    """The element count of a valid shape; InvalidInput naming the input otherwise. Every
+    dimension is at least 1 (empty tensors are not accepted)."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"input '{name}': shape has {len(shape)} dimensions, at most {MAX_DIMS}")
+    count = 1
+    for dim in shape:
+        if dim < 1:
+            raise InvalidInput(f"input '{name}': shape {shape} has a dimension below 1")
+        count *= dim
+        if count > MAX_ELEMENTS:
+            raise InvalidInput(f"input '{name}': shape {shape} holds more than {MAX_ELEMENTS} "
+                               "elements")
+    return count
+
+
 def read_inputs(req: pb.ModelInferRequest) -> dict[str, Tensor]:
-    """The request's input tensors by name, from `contents` or `raw_input_contents`."""
+    """The request's input tensors by name, from `contents` or `raw_input_contents`; every
+    shape is checked (`check_shape`) before the data is decoded."""
     raws = list(req.raw_input_contents)
     if raws and len(raws) != len(req.inputs):
         raise InvalidInput(
@@ -109,13 +131,13 @@ def read_inputs(req: pb.ModelInferRequest) -> dict[str, Tensor]:
         )
     out: dict[str, Tensor] = {}
     for i, t in enumerate(req.inputs):
+        expected = check_shape(t.name, list(t.shape))
         if raws:
             values = _decode_raw(t.name, t.datatype, raws[i])
         elif t.datatype in _CONTENTS_FIELD:
             values = list(getattr(t.contents, _CONTENTS_FIELD[t.datatype]))
         else:
             raise InvalidInput(f"input '{t.name}': datatype {t.datatype!r} is not supported")
-        expected = math.prod(t.shape)
         if len(values) != expected:
             raise InvalidInput(
                 f"input '{t.name}': shape {list(t.shape)} needs {expected} elements, "

@@ -169,3 +169,18 @@ def test_model_metadata_advertises_the_platform_tensors() -> None:
     assert [(t.name, t.datatype) for t in llm.outputs] == [("text_output", "BYTES")]
     py = codec.model_metadata("echo", "python")
     assert [t.name for t in py.inputs] == ["json"] and py.outputs[0].name == "output"
+
+
+@pytest.mark.parametrize(("shape", "needle"), [
+    ([2**31, 2**31], "more than"),       # claims 4.6e18 elements in a tiny request
+    ([10**6, 0], "below 1"),             # zero elements, a million rows to build
+    ([-1, -1], "below 1"),
+    ([1] * 9, "dimensions"),
+])
+def test_shapes_are_checked_before_anything_is_built_from_them(shape: list[int],
+                                                              needle: str) -> None:
+    req = pb.ModelInferRequest(model_name="m", id="r1")
+    req.inputs.add(name="x", datatype="INT32", shape=shape)
+    req.raw_input_contents.append(struct.pack("<i", 1))
+    with pytest.raises(codec.InvalidInput, match=needle):
+        codec.python_payload(req)
