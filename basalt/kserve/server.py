@@ -63,7 +63,14 @@ async def closing_stream(items: AsyncIterator[Any]) -> AsyncIterator[AsyncIterat
             await aclose()
 
 
-def log_failure(request_id: str, code: grpc.StatusCode, message: str) -> None:
-    """A failed request: a warning when it is our fault (INTERNAL), else info."""
+def log_failure(request_id: str, code: grpc.StatusCode, message: str,
+                error: BaseException | None = None) -> None:
+    """A failed request: a warning when it is our fault (INTERNAL), else info. The exception's
+    own text goes to the log only, never to the client (`INTERNAL_MESSAGE`)."""
     level = log.warning if code is grpc.StatusCode.INTERNAL else log.info
-    level("kserve_request_failed", id=request_id, code=code.name, error=message)
+    detail = f"{type(error).__name__}: {error}" if error is not None else None
+    level("kserve_request_failed", id=request_id, code=code.name, error=message, detail=detail)
+
+
+# What a client is told of a failure the server did not expect; the log has the exception.
+INTERNAL_MESSAGE = "internal error; the service's log has the details (search for the request id)"

@@ -16,6 +16,7 @@ and that repeating the request completes.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -419,8 +420,10 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception) -> JSONResponse:
-        log.exception("api_error", path=request.url.path, error=str(e))
-        return _json(ApiError(f"internal error: {type(e).__name__}: {e}"))
+        error_id = secrets.token_hex(6)
+        log.exception("api_error", path=request.url.path, error_id=error_id, error=str(e))
+        return _json(ApiError(f"internal error (error id {error_id}); the control plane's log "
+                              "has the details"))
 
 
 def _install_auth(app: FastAPI, verifier: KeyVerifier | None) -> None:

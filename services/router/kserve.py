@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from basalt.apikeys import KeyStoreUnavailable, KeyVerifier, key_from_header
 from basalt.kserve import codec
 from basalt.kserve.codec import InvalidInput, Response
-from basalt.kserve.server import closing_stream, interleave, log_failure
+from basalt.kserve.server import INTERNAL_MESSAGE, closing_stream, interleave, log_failure
 from basalt.log import get_logger
 from basalt.pb import kserve_pb2 as pb
 from basalt.pb import kserve_pb2_grpc, runtime_pb2
@@ -59,7 +59,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc_code(exc), exc.message
     if isinstance(exc, InvalidInput):
         return grpc.StatusCode.INVALID_ARGUMENT, exc.message
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
 def with_lora(route: Route, lora_name: str | None) -> Route:
@@ -135,7 +135,7 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         except Exception as e:  # noqa: BLE001  (every failure becomes a gRPC status)
             failure = e
         code, message = status_for(failure)
-        log_failure(ctx.request_id, code, message)
+        log_failure(ctx.request_id, code, message, failure)
         await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
@@ -162,7 +162,7 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
                 emit(codec.stream_response(req, req.model_name, output, response))
         except Exception as e:  # noqa: BLE001  (reported on the stream, which goes on)
             code, message = status_for(e)
-            log_failure(ctx.request_id, code, message)
+            log_failure(ctx.request_id, code, message, e)
             emit(codec.stream_error(req, req.model_name, message))
 
     def _context(self, context: Any) -> RequestContext:

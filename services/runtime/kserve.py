@@ -17,7 +17,7 @@ import grpc
 
 from basalt.kserve import codec
 from basalt.kserve.codec import InvalidInput, Response
-from basalt.kserve.server import closing_stream, interleave, log_failure
+from basalt.kserve.server import INTERNAL_MESSAGE, closing_stream, interleave, log_failure
 from basalt.pb import kserve_pb2 as pb
 from basalt.pb import kserve_pb2_grpc
 from basalt.tokenizer import Tokenizer
@@ -42,7 +42,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, RuntimeServiceError):
         return grpc.StatusCode.INTERNAL, str(exc)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
 class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
@@ -90,7 +90,7 @@ class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         except Exception as e:  # noqa: BLE001  (every failure becomes a gRPC status)
             failure = e
         code, message = status_for(failure)
-        log_failure(request.id, code, message)
+        log_failure(request.id, code, message, failure)
         await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
@@ -110,7 +110,7 @@ class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
                 emit(codec.stream_response(req, self.model_name, self.output_name, response))
         except Exception as e:  # noqa: BLE001  (reported on the stream, which goes on)
             code, message = status_for(e)
-            log_failure(req.id, code, message)
+            log_failure(req.id, code, message, e)
             emit(codec.stream_error(req, self.model_name, message))
 
     def _admit(self, req: pb.ModelInferRequest) -> None:

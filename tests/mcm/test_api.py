@@ -410,3 +410,22 @@ async def test_scale_with_no_consumer_answers_503_and_is_applied_when_one_runs(
         consumer.request_stop()
         await task
         await store.delete("d1")  # a control plane in a later test would start its replicas
+
+
+class BrokenStore(Store):
+    """A store whose listing fails with an internal detail in its text."""
+
+    async def list(self) -> list[deploy_pb2.DeploymentRecord]:
+        raise RuntimeError("db password is hunter2")
+
+
+async def test_an_unexpected_failure_is_a_500_that_echoes_no_internal_text(
+        store: Store, nc: Client) -> None:
+    broken = BrokenStore(store.deployments, store.environments)
+    # As a server runs it: the app's exception is answered, not raised into the client.
+    transport = httpx.ASGITransport(app=create_app(broken, nc=nc), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://mcm") as api:
+        r = await api.get("/v1/models")
+    err = _error(r, 500)
+    assert "hunter2" not in r.text and "RuntimeError" not in r.text
+    assert "error id" in err["message"]
