@@ -168,7 +168,8 @@ class ScaleConsumer:
             marker_rev = entry.revision
         except KeyNotFoundError:
             last, marker_rev = None, None
-        skip = ScaleVerdict.INVALID if cmd.replicas > MAX_REPLICAS else decide(cmd, last)
+        skip = (ScaleVerdict.INVALID if cmd.replicas > MAX_REPLICAS
+                else decide(cmd, last, now=time.time()))
         if skip is not None:
             return skip
         outcome = await self._write_desired(cmd)

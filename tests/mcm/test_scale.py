@@ -5,6 +5,7 @@ the write fails."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from nats.aio.client import Client
@@ -21,6 +22,25 @@ pytestmark = pytest.mark.integration
 
 def _cmd(cid: str, ts: float, replicas: int = 1) -> deploy_pb2.ScaleCommand:
     return deploy_pb2.ScaleCommand(command_id=cid, deployment_id="d", replicas=replicas, ts=ts)
+
+
+def test_a_command_from_the_future_is_refused_whatever_came_before() -> None:
+    assert decide(_cmd("a", 1000.0 + 3600), None, now=1000.0) is ScaleVerdict.FUTURE
+    assert decide(_cmd("a", 1000.0 + 30), None, now=1000.0) is None, "small skew is fine"
+    last = _cmd("b", 10.0)
+    assert decide(_cmd("a", 5000.0), last, now=1000.0) is ScaleVerdict.FUTURE
+
+
+async def test_a_future_command_is_not_applied_and_later_commands_still_are(
+        client: Client, store: Store) -> None:
+    await store.create(sim_deployment("future", 1))
+    running = Running(await ScaleConsumer.open(client, store))
+    try:
+        await publish_scale(client, "future", 5, "cli", ts=time.time() + 10 * 365 * 86400)
+        await publish_scale(client, "future", 3, "cli")
+        await _until_desired(store, "future", 3)
+    finally:
+        await running.stop()
 
 
 def test_decide_skips_the_same_command_and_older_ones_and_applies_newer_ones() -> None:

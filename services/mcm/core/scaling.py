@@ -8,6 +8,9 @@ from enum import Enum
 from basalt.pb import deploy_pb2
 
 MAX_REPLICAS = 1000
+# A command stamped further ahead of the consumer's clock than this is refused: applied, it
+# would make every later command look "older than the last applied", for good.
+MAX_CLOCK_SKEW_S = 60.0
 
 
 class ScaleVerdict(Enum):
@@ -18,10 +21,15 @@ class ScaleVerdict(Enum):
     NO_DEPLOYMENT = "no such deployment"
     INACTIVE = "deployment inactive"
     INVALID = "replicas out of range"
+    FUTURE = "stamped in the future"
 
 
-def decide(cmd: deploy_pb2.ScaleCommand, last: deploy_pb2.ScaleCommand | None) -> ScaleVerdict | None:
-    """Why `cmd` must not be applied after `last` (the last one applied), or None to apply."""
+def decide(cmd: deploy_pb2.ScaleCommand, last: deploy_pb2.ScaleCommand | None,
+           now: float | None = None) -> ScaleVerdict | None:
+    """Why `cmd` must not be applied after `last` (the last one applied), or None to apply;
+    with `now` (the consumer's wall clock), a command from the future is refused."""
+    if now is not None and cmd.ts > now + MAX_CLOCK_SKEW_S:
+        return ScaleVerdict.FUTURE
     if last is None:
         return None
     if cmd.command_id == last.command_id:
