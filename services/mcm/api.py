@@ -26,7 +26,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from starlette.exceptions import HTTPException
 
@@ -56,8 +55,9 @@ from services.mcm.core.resources import (
     PromoteBody,
     ScaleBody,
 )
+from services.mcm.core.scaling import settled
 
-from .scale import APPLIED_BUCKET, publish_scale
+from .scale import APPLIED_BUCKET, last_applied, publish_scale
 from .store import RevisionMismatch, Store
 
 log = get_logger(__name__)
@@ -310,21 +310,13 @@ async def _scale(ctx: _Ctx, model: str, deployment_id: str, replicas: int) -> Re
         ctx.applied_kv = await bus.kv_bucket(ctx.nc, APPLIED_BUCKET)
     deadline = time.monotonic() + SCALE_WAIT_S
     while time.monotonic() < deadline:
-        last = await _last_applied(ctx.applied_kv, deployment_id)
-        if last is not None and (last.ts, last.command_id) >= (cmd.ts, cmd.command_id):
+        last, _ = await last_applied(ctx.applied_kv, deployment_id)
+        if settled(cmd, last):
             now = await ctx.store.get(deployment_id)
             if now is not None:
                 return now.record
         await asyncio.sleep(SCALE_POLL_S)
     raise ScaleNotApplied(deployment_id, cmd.command_id, SCALE_WAIT_S)
-
-
-async def _last_applied(kv: KeyValue, deployment_id: str) -> deploy_pb2.ScaleCommand | None:
-    try:
-        entry = await kv.get(deployment_id)
-    except KeyNotFoundError:
-        return None
-    return deploy_pb2.ScaleCommand.FromString(entry.value) if entry.value else None
 
 
 async def _update(ctx: _Ctx, model: str, deployment_id: str, change: Transition) -> Record:

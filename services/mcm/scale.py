@@ -81,6 +81,17 @@ async def publish_scale(nc: Client, deployment_id: str, replicas: int, source: s
     return cmd
 
 
+async def last_applied(applied: KeyValue, deployment_id: str
+                       ) -> tuple[deploy_pb2.ScaleCommand | None, int | None]:
+    """The last command applied to a deployment and the marker's revision (None, None: none)."""
+    try:
+        entry = await applied.get(deployment_id)
+    except KeyNotFoundError:
+        return None, None
+    cmd = deploy_pb2.ScaleCommand.FromString(entry.value) if entry.value else None
+    return cmd, entry.revision
+
+
 class ScaleConsumer:
     """Applies scale commands from the durable consumer `mcm` until `request_stop`."""
 
@@ -162,12 +173,7 @@ class ScaleConsumer:
     async def apply(self, cmd: deploy_pb2.ScaleCommand) -> ScaleVerdict:
         """Set the deployment's desired replicas unless `decide` says not; raises when a write
         fails (the caller naks and the command comes again)."""
-        try:
-            entry = await self.applied.get(cmd.deployment_id)
-            last = deploy_pb2.ScaleCommand.FromString(entry.value) if entry.value else None
-            marker_rev = entry.revision
-        except KeyNotFoundError:
-            last, marker_rev = None, None
+        last, marker_rev = await last_applied(self.applied, cmd.deployment_id)
         skip = (ScaleVerdict.INVALID if cmd.replicas > MAX_REPLICAS
                 else decide(cmd, last, now=time.time()))
         if skip is not None:

@@ -12,7 +12,7 @@ from nats.aio.client import Client
 
 from basalt import subjects
 from basalt.pb import deploy_pb2
-from services.mcm.core.scaling import ScaleVerdict, decide
+from services.mcm.core.scaling import ScaleVerdict, decide, settled
 from services.mcm.scale import ScaleConsumer, publish_scale
 from services.mcm.store import Store
 from tests.mcm_process import eventually, sim_deployment
@@ -191,3 +191,10 @@ async def test_publish_scale_rejects_what_cannot_be_a_command(client: Client) ->
         await publish_scale(client, "a.b", 1, "cli")
     with pytest.raises(ValueError, match="0..1000"):
         await publish_scale(client, "ok", 1001, "cli")
+
+
+def test_settled_once_the_command_or_a_newer_one_is_the_last_applied() -> None:
+    cmd = _cmd("b", 10.0)
+    assert not settled(cmd, None)
+    assert not settled(cmd, _cmd("a", 9.0))
+    assert settled(cmd, cmd) and settled(cmd, _cmd("a", 11.0)) and settled(cmd, _cmd("c", 10.0))

@@ -48,8 +48,8 @@ class TimedTokenizers(Tokenizers):
         return Timed()
 
 
-@pytest.fixture
-async def door(tiny_model: Path) -> AsyncIterator[tuple[httpx.AsyncClient, TimedTokenizers]]:
+def _app(tiny_model: Path, **state: Any) -> tuple[Any, TimedTokenizers]:
+    """The HTTP door over one `tok` deployment (its model's real tokenizer) and no replica."""
     table = DeploymentTable()
     table.put_deployment(deploy_pb2.DeploymentRecord(
         id="tok-v1", model="tok", status=deploy_pb2.DEPLOYMENT_STATUS_ACTIVE,
@@ -58,7 +58,12 @@ async def door(tiny_model: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Timed
     dispatcher = Dispatcher(Fleet(), PrefixIndex(), Channels(), region="local",
                             latency=RegionLatency(), base_policy=PolicyConfig())
     tokenizers = TimedTokenizers()
-    app = create_app(AppState(table, dispatcher, tokenizers, None, max_body_bytes=64 * 1024))
+    return create_app(AppState(table, dispatcher, tokenizers, None, **state)), tokenizers
+
+
+@pytest.fixture
+async def door(tiny_model: Path) -> AsyncIterator[tuple[httpx.AsyncClient, TimedTokenizers]]:
+    app, tokenizers = _app(tiny_model, max_body_bytes=64 * 1024)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://router",
                                  timeout=60) as client:
@@ -86,15 +91,7 @@ async def test_a_body_over_the_limit_gets_413_declared_or_chunked(door) -> None:
 
 
 async def test_health_answers_while_a_long_prompt_is_tokenized(tiny_model: Path) -> None:
-    table = DeploymentTable()
-    table.put_deployment(deploy_pb2.DeploymentRecord(
-        id="tok-v1", model="tok", status=deploy_pb2.DEPLOYMENT_STATUS_ACTIVE,
-        spec=deploy_pb2.DeploymentSpec(engine="sim", model_path=str(tiny_model),
-                                       queue_limit=4, queue_timeout_s=0.5)))
-    dispatcher = Dispatcher(Fleet(), PrefixIndex(), Channels(), region="local",
-                            latency=RegionLatency(), base_policy=PolicyConfig())
-    tokenizers = TimedTokenizers()
-    app = create_app(AppState(table, dispatcher, tokenizers, None))
+    app, tokenizers = _app(tiny_model)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://router", timeout=120) as client:
         await client.post("/v1/completions", json={"model": "tok", "prompt": "warm up"})

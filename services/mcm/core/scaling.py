@@ -37,3 +37,9 @@ def decide(cmd: deploy_pb2.ScaleCommand, last: deploy_pb2.ScaleCommand | None,
     if (cmd.ts, cmd.command_id) < (last.ts, last.command_id):
         return ScaleVerdict.STALE
     return None
+
+
+def settled(cmd: deploy_pb2.ScaleCommand, last: deploy_pb2.ScaleCommand | None) -> bool:
+    """Whether `cmd` needs no more waiting for: `last` (the last applied) is it or newer, in
+    the same (ts, command_id) order `decide` applies by."""
+    return last is not None and (last.ts, last.command_id) >= (cmd.ts, cmd.command_id)
