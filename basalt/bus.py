@@ -2,26 +2,84 @@
 
 from __future__ import annotations
 
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
 import nats
+import nkeys
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from basalt import subjects
+from basalt import natsauth, subjects
 from basalt.log import get_logger
+from basalt.secretfiles import read_secret
 
 log = get_logger(__name__)
 
 
-async def connect(url: str, name: str) -> Client:
-    """Connect with reconnects on; a service keeps running across a NATS restart."""
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class InsecureNats(RuntimeError):
+    """Refused to talk to a NATS server off loopback without credentials and TLS."""
+
+
+@dataclass(frozen=True, slots=True)
+class NatsAuth:
+    """How a service proves itself to NATS: an nkey seed file (`--nats-creds`), and TLS: the
+    CA that signed the server's certificate, plus a client certificate where the server asks
+    for one (mTLS). `insecure` allows plaintext or no credentials off loopback."""
+
+    creds: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    insecure: bool = False
+
+
+def _check(url: str, auth: NatsAuth) -> None:
+    parts = [urlsplit(u.strip()) for u in url.split(",")]
+    off_loopback = [p.hostname for p in parts if p.hostname not in LOOPBACK]
+    if not off_loopback or auth.insecure:
+        return
+    if not auth.creds or not (auth.tls_ca or all(p.scheme == "tls" for p in parts)):
+        raise InsecureNats(
+            f"NATS at {off_loopback[0]} is off loopback: give --nats-creds and TLS "
+            "(--nats-tls-ca, a tls:// URL), or --nats-insecure to accept plaintext")
+
+
+def _tls(auth: NatsAuth) -> ssl.SSLContext | None:
+    if not auth.tls_ca:
+        return None
+    ctx = ssl.create_default_context(cafile=auth.tls_ca)
+    if auth.tls_cert:
+        ctx.load_cert_chain(auth.tls_cert, auth.tls_key or None)
+    return ctx
+
+
+async def connect(url: str, name: str, auth: NatsAuth | None = None) -> Client:
+    """Connect with reconnects on; a service keeps running across a NATS restart. With
+    credentials, replies come to this user's own inbox (the only one it may read)."""
+    auth = auth or NatsAuth()
+    _check(url, auth)
 
     async def on_error(e: Exception) -> None:
         log.warning("nats_error", error=str(e))
 
+    extra: dict = {}
+    if auth.creds:
+        seed = read_secret(auth.creds)
+        public = nkeys.from_seed(bytearray(seed.encode())).public_key.decode()
+        extra = {"nkeys_seed_str": seed, "inbox_prefix": natsauth.inbox_prefix(public)}
+    tls = _tls(auth)
+    if tls is not None:
+        extra["tls"] = tls
     return await nats.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error
+        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error,
+        **extra,
     )
 
 

@@ -15,7 +15,8 @@ from basalt import deployfile
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".basalt"
-KEY_FILE = STATE / "api-key"
+# The management key `basalt up` minted (the deployments API takes management keys only).
+KEY_FILE = STATE / "management-key"
 
 
 class CtlError(Exception):
@@ -162,7 +163,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mcm-url", default=os.environ.get("BASALT_MCM_URL", "http://127.0.0.1:8081"),
                    help="the deployments API (env BASALT_MCM_URL)")
     p.add_argument("--api-key", default=os.environ.get("BASALT_API_KEY"),
-                   help=f"API key (env BASALT_API_KEY; default: the one `basalt up` wrote to {KEY_FILE})")
+                   help=f"management API key (env BASALT_API_KEY; default: the one `basalt up` wrote to {KEY_FILE})")
 
 
 def _key(ns: argparse.Namespace) -> str | None:

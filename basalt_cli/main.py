@@ -6,12 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+# `basalt up`'s admin NATS credentials (key administration), from the repository root.
+ADMIN_CREDS = Path(".basalt") / "secrets" / "nats" / "admin.nk"
+
 USAGE = """basalt <command> [args]
 
 commands:
   runtime            run one replica (basalt runtime --help)
   router             run the router (basalt router --help)
-  keys create        make an API key (stored hashed in NATS KV; shown once)
+  keys create|list|revoke   API keys (stored hashed in NATS KV; shown once)
   make-tiny-model    build the tiny test model (random weights, local tokenizer) into DIR
   bench              run a benchmark: basalt bench {runtime,index,routing} --help
   up                 start the local stack (basalt up --help)
@@ -34,26 +37,90 @@ def _make_tiny_model(args: list[str]) -> int:
     return 0
 
 
+def _duration_s(text: str) -> float:
+    """'90s', '30m', '12h', '30d' (or plain seconds) as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 30m, 12h, 30d)") from None
+
+
 def _keys(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="basalt keys")
+    parser = argparse.ArgumentParser(prog="basalt keys", description=(
+        "API keys: inference keys for the router, management keys for the deployments API. "
+        "Needs the admin role's NATS credentials (the only role that writes keys)."))
     sub = parser.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="make an API key; prints it once")
     create.add_argument("--name", default="default", help="a label for the key")
-    create.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    create.add_argument("--scope", choices=("inference", "management"), default="inference",
+                        help="inference (the router) or management (the deployments API)")
+    create.add_argument("--model", action="append", default=[], dest="models",
+                        help="limit the key to this model (repeatable; default: every model)")
+    create.add_argument("--expires-in", type=_duration_s, default=0.0,
+                        help="refuse the key after this long (e.g. 30d; default: never)")
+    create.add_argument("--rate", type=float, default=0.0,
+                        help="inference: requests per second (burst: 2 s worth); 0 = unlimited")
+    create.add_argument("--concurrency", type=int, default=0,
+                        help="inference: requests in flight at once; 0 = unlimited")
+    sub.add_parser("list", help="every key: id, name, scope, models, expiry, limits (no secrets)")
+    revoke = sub.add_parser("revoke", help="delete a key; refused everywhere within 5 s")
+    revoke.add_argument("key_id", help="the id after bsk_ (as `basalt keys list` shows)")
+    for p in (create, *sub.choices.values()):
+        if not any(a.dest == "nats_url" for a in p._actions):
+            p.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+            p.add_argument("--nats-creds", default=str(ADMIN_CREDS),
+                           help="the admin role's NATS seed file (default: `basalt up`'s)")
     ns = parser.parse_args(args)
     import asyncio
+    import time
 
     from basalt import apikeys, bus
 
-    async def go() -> str:
-        nc = await bus.connect(ns.nats_url, name="basalt-cli")
+    creds = ns.nats_creds if Path(ns.nats_creds).exists() else ""
+
+    async def go() -> int:
+        nc = await bus.connect(ns.nats_url, name="basalt-cli", auth=bus.NatsAuth(creds))
         try:
-            return await apikeys.create(nc, ns.name)
+            if ns.action == "create":
+                if ns.rate < 0 or ns.concurrency < 0 or ns.expires_in < 0:
+                    print("basalt keys: --rate, --concurrency and --expires-in are >= 0",
+                          file=sys.stderr)
+                    return 2
+                print(await apikeys.create(
+                    nc, ns.name, apikeys.SCOPES[ns.scope], models=ns.models,
+                    expires_ts=time.time() + ns.expires_in if ns.expires_in else 0.0,
+                    rate_per_s=ns.rate, max_concurrency=ns.concurrency))
+            elif ns.action == "list":
+                print(_key_table(await apikeys.list_keys(nc), time.time()))
+            elif not await apikeys.revoke(nc, ns.key_id):
+                print(f"basalt keys: no key {ns.key_id!r}", file=sys.stderr)
+                return 1
+            else:
+                print(f"revoked {ns.key_id}")
+            return 0
         finally:
             await nc.close()
 
-    print(asyncio.run(go()))
-    return 0
+    return asyncio.run(go())
+
+
+def _key_table(records: list, now: float) -> str:
+    from basalt.pb import deploy_pb2
+
+    rows = [("ID", "NAME", "SCOPE", "MODELS", "EXPIRES", "RATE/S", "CONCURRENCY")]
+    for r in records:
+        scope = deploy_pb2.KeyScope.Name(r.scope).removeprefix("KEY_SCOPE_").lower()
+        expires = ("never" if not r.expires_ts else "expired" if r.expires_ts <= now
+                   else f"in {(r.expires_ts - now) / 86400:.1f}d")
+        rows.append((r.key_id, r.name, scope, ",".join(r.models) or "*", expires,
+                     f"{r.rate_per_s:g}" if r.rate_per_s else "-",
+                     str(r.max_concurrency) if r.max_concurrency else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
 
 
 def _bench(args: list[str]) -> int:

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from basalt.secretfiles import write_private
 from basalt_tools.natsserver import NatsServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,12 +84,12 @@ def _progress(msg: str) -> None:
     print(f"\r\033[K{msg}", end="", flush=True)
 
 
-async def _wait_ready(nats_url: str, deployment_id: str, timeout: float) -> None:
+async def _wait_ready(nats_url: str, creds: Path, deployment_id: str, timeout: float) -> None:
     """Poll the replica records until one replica of the deployment is READY, with progress."""
     from basalt import bus
     from basalt.pb import events_pb2
 
-    nc = await bus.connect(nats_url, name="basalt-up")
+    nc = await bus.connect(nats_url, name="basalt-up", auth=bus.NatsAuth(str(creds)))
     bucket = await bus.replicas_bucket(nc)
     t0 = time.monotonic()
     try:
@@ -111,12 +113,15 @@ async def _wait_ready(nats_url: str, deployment_id: str, timeout: float) -> None
         await nc.close()
 
 
-async def _make_key(nats_url: str) -> str:
+async def _make_keys(nats_url: str, creds: Path) -> tuple[str, str]:
+    """A new inference key and management key. Earlier runs' keys are left valid; revoke
+    them with `basalt keys list / revoke`."""
     from basalt import apikeys, bus
 
-    nc = await bus.connect(nats_url, name="basalt-up")
+    nc = await bus.connect(nats_url, name="basalt-up", auth=bus.NatsAuth(str(creds)))
     try:
-        return await apikeys.create(nc, "basalt-up")
+        return (await apikeys.create(nc, "basalt-up", apikeys.INFERENCE),
+                await apikeys.create(nc, "basalt-up", apikeys.MANAGEMENT))
     finally:
         await nc.close()
 
@@ -132,32 +137,51 @@ def main(argv: list[str]) -> int:
     make_tiny_model(state / "models" / "tiny-llama")
     stack = Stack(state)
     try:
+        secrets_dir = state / "secrets"
         stack.nats = NatsServer(store_dir=state / "nats", port=ns.nats_port,
-                                log_file=state / "logs" / "nats.log")
+                                log_file=state / "logs" / "nats.log",
+                                creds_dir=secrets_dir / "nats")
         (state / "logs").mkdir(parents=True, exist_ok=True)
         stack.nats.start()
         url = stack.nats.url
+        creds = stack.nats.creds
+        replica_secret = secrets_dir / "replica-secret"
+        if not replica_secret.exists():
+            write_private(replica_secret, secrets.token_hex(32) + "\n")
+        path = ns.deployment_file or DEPLOY[ns.engine]
+        parsed = deployfile.load(path, base_dir=path.parent)
+        # The control plane starts code only from these: the state dir's models and what the
+        # file this command deploys names (the operator chose it).
+        roots = sorted({str(state / "models"), *(p for d in parsed.deployments
+                                                  for p in (d.model_path, *(x.path for x in d.loras))
+                                                  if p)})
         for f in ("mcm.ready.json", "router.ready.json"):
             (state / f).unlink(missing_ok=True)
         stack.start("mcm", ["services.mcm", "--nats-url", url, "--http-port", str(ns.mcm_port),
                             "--provider", "local", "--state-dir", str(state / "mcm"),
                             "--stop-replicas-on-exit", "--auth",
+                            "--nats-creds", str(creds("mcm")),
+                            "--runtime-nats-creds", str(creds("runtime")),
+                            "--replica-secret-file", str(replica_secret),
+                            *[a for r in roots for a in ("--model-roots", r)],
                             "--ready-file", str(state / "mcm.ready.json")])
         stack.start("router", ["services.router", "--nats-url", url, "--auth",
                                "--http-port", str(ns.http_port), "--grpc-port", str(ns.grpc_port),
+                               "--nats-creds", str(creds("router")),
+                               "--replica-secret-file", str(replica_secret),
                                "--ready-file", str(state / "router.ready.json")])
         stack.wait_file("mcm", state / "mcm.ready.json", 60)
         stack.wait_file("router", state / "router.ready.json", 60)
-        key = asyncio.run(_make_key(url))
-        key_file = state / "api-key"  # for `basalt status/scale/...`; readable by this user only
-        write_private(key_file, key + "\n")
+        key, management_key = asyncio.run(_make_keys(url, creds("admin")))
+        # Readable by this user only: the inference key for clients, the management key for
+        # `basalt status/scale/deploy/...`.
+        write_private(state / "api-key", key + "\n")
+        write_private(state / "management-key", management_key + "\n")
         mcm_url = f"http://127.0.0.1:{ns.mcm_port}"
-        path = ns.deployment_file or DEPLOY[ns.engine]
-        parsed = deployfile.load(path, base_dir=path.parent)
-        ctl.apply(mcm_url, key, parsed)
+        ctl.apply(mcm_url, management_key, parsed)
         dep = parsed.deployments[0]
         print(f"deployed {dep.id} ({dep.engine}); logs in {stack.logs}", flush=True)
-        asyncio.run(_wait_ready(url, dep.id, ns.ready_timeout))
+        asyncio.run(_wait_ready(url, creds("admin"), dep.id, ns.ready_timeout))
         _banner(ns, key, dep.model)
         _wait_for_ctrl_c()
     except KeyboardInterrupt:
@@ -178,7 +202,7 @@ basalt is up.
   OpenAI base URL:  {base}
   KServe v2 gRPC:   127.0.0.1:{ns.grpc_port}
   Deployments API:  http://127.0.0.1:{ns.mcm_port}/v1
-  API key:          {key}
+  API key:          {key}   (inference; the management key is in {ns.state_dir.resolve() / "management-key"})
 
 Try it:
   curl -s {base}/chat/completions -H "Authorization: Bearer {key}" -H "Content-Type: application/json" -d '{body}'
@@ -197,12 +221,3 @@ def _wait_for_ctrl_c() -> None:
     signal.signal(signal.SIGINT, handler)
     while not stop:
         time.sleep(0.2)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a secret to a file that is 0600 from its creation (never readable by others,
-    not even between the write and a chmod); an existing file is replaced."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)

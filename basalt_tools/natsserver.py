@@ -5,13 +5,19 @@ Used by `basalt up` and by the tests; nothing in basalt fakes the bus.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import nkeys
+
+from basalt import natsauth
+from basalt.secretfiles import write_private
 
 
 class NatsServerError(RuntimeError):
@@ -47,19 +53,54 @@ def _wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[
     raise NatsServerError(f"nats-server did not listen on {host}:{port} within {timeout}s")
 
 
+def make_credentials(creds_dir: Path, roles: tuple[str, ...] = natsauth.ROLES) -> dict[str, Path]:
+    """One nkey user seed per role in `creds_dir/<role>.nk` (0600), kept when already there:
+    role -> seed file. A service connects with its file (`--nats-creds`)."""
+    out = {}
+    for role in roles:
+        path = creds_dir / f"{role}.nk"
+        if not path.exists():
+            seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+            write_private(path, seed + "\n")
+        out[role] = path
+    return out
+
+
+def public_key(seed_file: Path) -> str:
+    seed = bytearray(seed_file.read_bytes().strip())
+    return nkeys.from_seed(seed).public_key.decode()
+
+
 @dataclass
 class NatsServer:
-    """A nats-server child process with JetStream; `url` is where clients connect."""
+    """A nats-server child process with JetStream; `url` is where clients connect.
+
+    With `creds_dir`, the server admits only the nkey users of basalt's roles, each with its
+    permissions (basalt/natsauth.py), and `creds(role)` is that role's seed file; without it
+    the server is open (tests of one service on loopback).
+    """
 
     store_dir: Path
     host: str = "127.0.0.1"
     port: int = 0
     log_file: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    creds_dir: Path | None = None
+    tls: natsauth.TlsFiles | None = None
+    _creds: dict[str, Path] = field(default_factory=dict)
+
+    def creds(self, role: str) -> Path:
+        if not self._creds:
+            raise NatsServerError("this nats-server was started without credentials")
+        return self._creds[role]
+
+    @property
+    def secured(self) -> bool:
+        return self.creds_dir is not None
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> NatsServer:
         if self.port == 0:
@@ -69,6 +110,14 @@ class NatsServer:
             nats_server_binary(), "-js", "-a", self.host, "-p", str(self.port),
             "-sd", str(self.store_dir),
         ]
+        if self.creds_dir is not None:
+            self._creds = make_credentials(self.creds_dir)
+            users = {role: public_key(path) for role, path in self._creds.items()}
+            conf = self.store_dir / "nats-server.conf"  # public keys only: nothing secret
+            conf.write_text(natsauth.server_config(
+                users, host=self.host, port=self.port, store_dir=str(self.store_dir),
+                tls=self.tls))
+            cmd = [nats_server_binary(), "-c", str(conf)]
         # Own session: a terminal's Ctrl-C reaches the parent, which stops the bus last.
         if self.log_file:
             with open(self.log_file, "ab") as out:  # the child keeps its own copy of the fd

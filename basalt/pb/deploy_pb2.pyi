@@ -12,9 +12,18 @@ class DeploymentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEPLOYMENT_STATUS_UNSPECIFIED: _ClassVar[DeploymentStatus]
     DEPLOYMENT_STATUS_ACTIVE: _ClassVar[DeploymentStatus]
     DEPLOYMENT_STATUS_INACTIVE: _ClassVar[DeploymentStatus]
+
+class KeyScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KEY_SCOPE_UNSPECIFIED: _ClassVar[KeyScope]
+    KEY_SCOPE_INFERENCE: _ClassVar[KeyScope]
+    KEY_SCOPE_MANAGEMENT: _ClassVar[KeyScope]
 DEPLOYMENT_STATUS_UNSPECIFIED: DeploymentStatus
 DEPLOYMENT_STATUS_ACTIVE: DeploymentStatus
 DEPLOYMENT_STATUS_INACTIVE: DeploymentStatus
+KEY_SCOPE_UNSPECIFIED: KeyScope
+KEY_SCOPE_INFERENCE: KeyScope
+KEY_SCOPE_MANAGEMENT: KeyScope
 
 class AutoscalingSettings(_message.Message):
     __slots__ = ("min_replica", "max_replica", "autoscaling_window", "scale_down_delay", "concurrency_target", "target_utilization_percentage")
@@ -106,16 +115,26 @@ class EnvironmentRecord(_message.Message):
     def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., deployment_id: _Optional[str] = ...) -> None: ...
 
 class ApiKeyRecord(_message.Message):
-    __slots__ = ("key_id", "sha256", "name", "created_ts")
+    __slots__ = ("key_id", "sha256", "name", "created_ts", "scope", "models", "expires_ts", "rate_per_s", "max_concurrency")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CREATED_TS_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_TS_FIELD_NUMBER: _ClassVar[int]
+    RATE_PER_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     sha256: str
     name: str
     created_ts: float
-    def __init__(self, key_id: _Optional[str] = ..., sha256: _Optional[str] = ..., name: _Optional[str] = ..., created_ts: _Optional[float] = ...) -> None: ...
+    scope: KeyScope
+    models: _containers.RepeatedScalarFieldContainer[str]
+    expires_ts: float
+    rate_per_s: float
+    max_concurrency: int
+    def __init__(self, key_id: _Optional[str] = ..., sha256: _Optional[str] = ..., name: _Optional[str] = ..., created_ts: _Optional[float] = ..., scope: _Optional[_Union[KeyScope, str]] = ..., models: _Optional[_Iterable[str]] = ..., expires_ts: _Optional[float] = ..., rate_per_s: _Optional[float] = ..., max_concurrency: _Optional[int] = ...) -> None: ...
 
 class ScaleCommand(_message.Message):
     __slots__ = ("command_id", "deployment_id", "replicas", "source", "ts")

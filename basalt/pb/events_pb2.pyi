@@ -53,18 +53,20 @@ class KvEvent(_message.Message):
     def __init__(self, stored: _Optional[_Union[BlockStored, _Mapping]] = ..., removed: _Optional[_Union[BlockRemoved, _Mapping]] = ..., cleared: _Optional[_Union[AllBlocksCleared, _Mapping]] = ...) -> None: ...
 
 class KvEventBatch(_message.Message):
-    __slots__ = ("replica_id", "seq", "ts", "events", "epoch")
+    __slots__ = ("replica_id", "seq", "ts", "events", "epoch", "signature")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     seq: int
     ts: float
     events: _containers.RepeatedCompositeFieldContainer[KvEvent]
     epoch: str
-    def __init__(self, replica_id: _Optional[str] = ..., seq: _Optional[int] = ..., ts: _Optional[float] = ..., events: _Optional[_Iterable[_Union[KvEvent, _Mapping]]] = ..., epoch: _Optional[str] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, replica_id: _Optional[str] = ..., seq: _Optional[int] = ..., ts: _Optional[float] = ..., events: _Optional[_Iterable[_Union[KvEvent, _Mapping]]] = ..., epoch: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class LatencySummary(_message.Message):
     __slots__ = ("p50_ms", "p90_ms", "p99_ms", "count")
@@ -79,7 +81,7 @@ class LatencySummary(_message.Message):
     def __init__(self, p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("replica_id", "deployment", "ts", "num_running", "num_waiting", "kv_usage", "kv_blocks_total", "kv_blocks_active", "ttft", "itl", "generated_tokens_total")
+    __slots__ = ("replica_id", "deployment", "ts", "num_running", "num_waiting", "kv_usage", "kv_blocks_total", "kv_blocks_active", "ttft", "itl", "generated_tokens_total", "signature")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +93,7 @@ class LoadReport(_message.Message):
     TTFT_FIELD_NUMBER: _ClassVar[int]
     ITL_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     deployment: str
     ts: float
@@ -102,10 +105,11 @@ class LoadReport(_message.Message):
     ttft: LatencySummary
     itl: LatencySummary
     generated_tokens_total: int
-    def __init__(self, replica_id: _Optional[str] = ..., deployment: _Optional[str] = ..., ts: _Optional[float] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_active: _Optional[int] = ..., ttft: _Optional[_Union[LatencySummary, _Mapping]] = ..., itl: _Optional[_Union[LatencySummary, _Mapping]] = ..., generated_tokens_total: _Optional[int] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, replica_id: _Optional[str] = ..., deployment: _Optional[str] = ..., ts: _Optional[float] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_active: _Optional[int] = ..., ttft: _Optional[_Union[LatencySummary, _Mapping]] = ..., itl: _Optional[_Union[LatencySummary, _Mapping]] = ..., generated_tokens_total: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ReplicaRecord(_message.Message):
-    __slots__ = ("replica_id", "deployment", "model", "engine", "grpc_address", "region", "zone", "cluster", "lora_adapters", "kv_block_size", "kv_blocks_total", "state", "heartbeat_ts", "owner", "max_model_len", "epoch", "metrics_address")
+    __slots__ = ("replica_id", "deployment", "model", "engine", "grpc_address", "region", "zone", "cluster", "lora_adapters", "kv_block_size", "kv_blocks_total", "state", "heartbeat_ts", "owner", "max_model_len", "epoch", "metrics_address", "signature")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +127,7 @@ class ReplicaRecord(_message.Message):
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     deployment: str
     model: str
@@ -140,4 +145,5 @@ class ReplicaRecord(_message.Message):
     max_model_len: int
     epoch: str
     metrics_address: str
-    def __init__(self, replica_id: _Optional[str] = ..., deployment: _Optional[str] = ..., model: _Optional[str] = ..., engine: _Optional[str] = ..., grpc_address: _Optional[str] = ..., region: _Optional[str] = ..., zone: _Optional[str] = ..., cluster: _Optional[str] = ..., lora_adapters: _Optional[_Iterable[str]] = ..., kv_block_size: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., heartbeat_ts: _Optional[float] = ..., owner: _Optional[str] = ..., max_model_len: _Optional[int] = ..., epoch: _Optional[str] = ..., metrics_address: _Optional[str] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, replica_id: _Optional[str] = ..., deployment: _Optional[str] = ..., model: _Optional[str] = ..., engine: _Optional[str] = ..., grpc_address: _Optional[str] = ..., region: _Optional[str] = ..., zone: _Optional[str] = ..., cluster: _Optional[str] = ..., lora_adapters: _Optional[_Iterable[str]] = ..., kv_block_size: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., heartbeat_ts: _Optional[float] = ..., owner: _Optional[str] = ..., max_model_len: _Optional[int] = ..., epoch: _Optional[str] = ..., metrics_address: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...

@@ -16,9 +16,10 @@ and that repeating the request completes.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from nats.js.kv import KeyValue
 from starlette.exceptions import HTTPException
 
 from basalt import bus
-from basalt.apikeys import KeyStoreUnavailable, KeyVerifier, key_from_header
+from basalt.apikeys import MANAGEMENT, KeyStoreUnavailable, KeyVerifier, key_from_header
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2
 from services.mcm.core import resources as res
@@ -40,6 +41,7 @@ from services.mcm.core.api_errors import (
     DeploymentExists,
     DevelopmentExists,
     EnvironmentExists,
+    Forbidden,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
@@ -47,6 +49,7 @@ from services.mcm.core.api_errors import (
     ScaleNotApplied,
     Unauthorized,
     WriteConflict,
+    key_allows_path,
 )
 from services.mcm.core.resources import (
     AutoscalingPatch,
@@ -80,13 +83,18 @@ class _Ctx:
     lock: asyncio.Lock
     replicas_kv: KeyValue | None = None
     applied_kv: KeyValue | None = None
+    # Real paths a deployment's model and LoRA paths must lie under (None: any path).
+    model_roots: tuple[str, ...] | None = None
 
 
 def create_app(store: Store, *, nc: Client, verifier: KeyVerifier | None = None,
-               cluster_status: Callable[[], list[dict]] | None = None) -> FastAPI:
-    """The API app; with `verifier`, every route but /health wants an API key."""
+               cluster_status: Callable[[], list[dict]] | None = None,
+               model_roots: Sequence[str] | None = None) -> FastAPI:
+    """The API app; with `verifier`, every route but /health wants an API key; with
+    `model_roots`, a deployment may name model and LoRA paths only under them."""
     app = FastAPI(title="basalt control plane", docs_url=None, redoc_url=None)
-    ctx = _Ctx(store, nc, asyncio.Lock())
+    roots = None if model_roots is None else tuple(os.path.realpath(r) for r in model_roots)
+    ctx = _Ctx(store, nc, asyncio.Lock(), model_roots=roots)
     _install_errors(app)
     _install_auth(app, verifier)
 
@@ -234,6 +242,10 @@ async def _create(ctx: _Ctx, model: str, body: Any) -> dict:
     async with ctx.lock:
         envs = await ctx.store.list_environments()
         rec = res.new_deployment(model, body, now, await ctx.store.list())
+        if ctx.model_roots is not None:
+            paths = [rec.spec.model_path, *(x.path for x in rec.spec.loras)]
+            res.check_model_roots(rec, {p: os.path.realpath(p) for p in paths if p},
+                                  ctx.model_roots)
         try:
             revision = await ctx.store.create(rec)
         except RevisionMismatch:
@@ -377,7 +389,7 @@ async def _replicas(ctx: _Ctx) -> list[events_pb2.ReplicaRecord]:
 
 # The HTTP status of each API error (the most specific class listed wins; others are 500).
 HTTP_STATUS: dict[type[ApiError], int] = {
-    InvalidRequest: 422, Unauthorized: 401, NotFound: 404, RouteNotFound: 404,
+    InvalidRequest: 422, Unauthorized: 401, Forbidden: 403, NotFound: 404, RouteNotFound: 404,
     MethodNotAllowed: 405, Conflict: 409, ScaleNotApplied: 503,
 }
 
@@ -424,9 +436,14 @@ def _install_auth(app: FastAPI, verifier: KeyVerifier | None) -> None:
         if verifier is not None and request.url.path not in OPEN_PATHS:
             key = key_from_header(request.headers.get("authorization"))
             try:
-                if not await verifier.verify(key):
-                    return _json(Unauthorized("missing or invalid API key: send "
-                                              "'Authorization: Bearer <key>' or 'Api-Key <key>'"))
+                rec = await verifier.verify(key, MANAGEMENT)
             except KeyStoreUnavailable as e:
                 return _json(ApiError(str(e)), 503)
+            if rec is None:
+                return _json(Unauthorized(
+                    "missing, invalid or expired API key, or not a management key: send "
+                    "'Authorization: Bearer <key>' or 'Api-Key <key>'"))
+            if not key_allows_path(rec.models, request.url.path):
+                return _json(Forbidden(f"API key {rec.key_id} is limited to models "
+                                       f"{sorted(rec.models)}"))
         return await call_next(request)

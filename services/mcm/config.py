@@ -38,4 +38,7 @@ class McmSettings(ServiceSettings):
     replica_grace: float = Field(40.0, gt=0, description="Seconds a stopping replica may drain before it is killed.")
     auth: bool = Field(False, description="Require an API key (`basalt keys create`) on the deployments API.")
     stop_replicas_on_exit: bool = Field(False, description="On SIGTERM/SIGINT stop every replica this owner runs (default: leave them for the next start to adopt).")
+    replica_secret_file: str = Field("", description="The platform secret (0600 file) each replica's gRPC credential is derived from; the router has the same file. Empty: replicas answer anyone (loopback tests only).")
+    runtime_nats_creds: str = Field("", description="NATS nkey seed file the replicas this control plane starts connect with (the runtime role's).")
+    model_roots: list[str] = Field(default_factory=list, description="Folders a deployment's model and LoRA paths must lie under, repeatable (a deployment starts code from its model path). Empty: any path, with a warning.")
     ready_file: str = Field("", description="Write the bound ports and owner id as JSON to this file once serving (for scripts).")

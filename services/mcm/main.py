@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import signal
 import sys
@@ -26,6 +27,7 @@ from basalt import apikeys, bus, subjects
 from basalt import log as blog
 from basalt.config import parse
 from basalt.metrics import serve_metrics
+from basalt.secretfiles import read_secret
 
 from .config import McmSettings, ProviderKind
 from .providers import LocalProvider, Provider, SimCloudProvider
@@ -62,8 +64,21 @@ def build_provider(s: McmSettings, state_dir: Path) -> Provider:
     return LocalProvider(state_dir, grace_s=s.replica_grace)
 
 
+def runtime_env(s: McmSettings) -> dict[str, str]:
+    """What every replica this control plane starts gets in its environment: the runtime
+    role's NATS credentials and the NATS TLS settings (the token is added per replica)."""
+    env = {"BASALT_RUNTIME_NATS_CREDS": os.path.abspath(s.runtime_nats_creds)
+           if s.runtime_nats_creds else ""}
+    if s.nats_tls_ca:
+        env["BASALT_RUNTIME_NATS_TLS_CA"] = os.path.abspath(s.nats_tls_ca)
+    if s.nats_insecure:
+        env["BASALT_RUNTIME_NATS_INSECURE"] = "true"
+    return {k: v for k, v in env.items() if v}
+
+
 def build_app(store: Store, nc: Client, verifier: apikeys.KeyVerifier | None,
-              cluster_status: Callable[[], list[dict[str, Any]]]) -> Any:
+              cluster_status: Callable[[], list[dict[str, Any]]],
+              model_roots: list[str] | None = None) -> Any:
     """The deployments API; a bare /health app while `services.mcm.api` is not there."""
     try:
         from .api import create_app
@@ -74,7 +89,8 @@ def build_app(store: Store, nc: Client, verifier: apikeys.KeyVerifier | None,
         app = FastAPI(title="basalt mcm")
         app.get("/health")(lambda: {"status": "ok"})
         return app
-    return create_app(store, nc=nc, verifier=verifier, cluster_status=cluster_status)
+    return create_app(store, nc=nc, verifier=verifier, cluster_status=cluster_status,
+                      model_roots=model_roots)
 
 
 async def _poke_on_deployment_changes(store: Store, reconciler: Reconciler) -> None:
@@ -127,19 +143,25 @@ async def run(s: McmSettings) -> int:
     state_dir = Path(s.state_dir).resolve()
     owner = load_owner(state_dir, s.owner)
     provider = build_provider(s, state_dir)
-    nc = await bus.connect(s.nats_url, name="mcm")
+    secret = read_secret(s.replica_secret_file).encode() if s.replica_secret_file else b""
+    if not secret:
+        log.warning("replicas_without_credentials", hint="give --replica-secret-file")
+    if not s.model_roots:
+        log.warning("model_roots_unrestricted", hint="give --model-roots")
+    nc = await bus.connect(s.nats_url, name="mcm", auth=s.nats_auth())
     store = await Store.open(nc)
     reconciler = Reconciler(
         store, await bus.replicas_bucket(nc), provider, owner,
         ReconcilerSettings(nats_url=s.nats_url, block_ttl_s=s.block_ttl,
-                           launch_timeout_s=s.launch_timeout, stale_after_s=s.stale_after),
+                           launch_timeout_s=s.launch_timeout, stale_after_s=s.stale_after,
+                           replica_secret=secret, runtime_env=runtime_env(s)),
     )
     scale = await ScaleConsumer.open(nc, store, on_applied=lambda _cmd: reconciler.poke())
     verifier = None
     if s.auth:
         verifier = apikeys.KeyVerifier(await bus.kv_bucket(nc, subjects.API_KEYS_BUCKET))
-    server, serve_task, http_port = await _serve(build_app(store, nc, verifier,
-                                                           reconciler.cluster_status), s)
+    app = build_app(store, nc, verifier, reconciler.cluster_status, s.model_roots or None)
+    server, serve_task, http_port = await _serve(app, s)
     loops = [asyncio.create_task(reconciler.run(s.reconcile_period)),
              asyncio.create_task(scale.run())]
     watch = asyncio.create_task(_poke_on_deployment_changes(store, reconciler))

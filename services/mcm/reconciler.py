@@ -14,7 +14,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.js.kv import KeyValue
@@ -23,6 +23,7 @@ from basalt import bus
 from basalt.ids import ReplicaId
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2
+from basalt.replicaauth import replica_token
 from services.mcm.core.blocklist import Blocklist
 from services.mcm.core.errors import PlacementError, ProviderError
 from services.mcm.core.inventory import Cluster, DeploymentId
@@ -54,6 +55,16 @@ class ReconcilerSettings:
     stale_after_s: float = 6.0
     backoff_base_s: float = 2.0
     backoff_max_s: float = 60.0
+    # The platform secret each replica's credential is derived from (empty: replicas run
+    # without one) and the environment every replica gets (its NATS credentials file).
+    replica_secret: bytes = b""
+    runtime_env: Mapping[str, str] = field(default_factory=dict)
+
+    def env_for(self, replica_id: str) -> dict[str, str]:
+        env = dict(self.runtime_env)
+        if self.replica_secret:
+            env["BASALT_RUNTIME_TOKEN"] = replica_token(self.replica_secret, replica_id)
+        return env
 
 
 def target_of(rec: deploy_pb2.DeploymentRecord) -> Target:
@@ -70,7 +81,7 @@ def target_of(rec: deploy_pb2.DeploymentRecord) -> Target:
 
 
 def launch_request(rec: deploy_pb2.DeploymentRecord, action: Launch, owner: str,
-                   nats_url: str) -> LaunchRequest:
+                   nats_url: str, env: Mapping[str, str] | None = None) -> LaunchRequest:
     """The provider request for one planned launch of `rec` on the chosen cluster."""
     spec, c = rec.spec, action.cluster
     return LaunchRequest(
@@ -79,6 +90,7 @@ def launch_request(rec: deploy_pb2.DeploymentRecord, action: Launch, owner: str,
         nats_url=nats_url, cluster=c.name, cloud=c.cloud, region=c.region, zone=c.zone,
         engine_args=dict(spec.engine_args), loras={x.name: x.path for x in spec.loras},
         accelerator=spec.accelerator, accelerator_count=spec.accelerator_count,
+        env=dict(env or {}),
     )
 
 
@@ -168,7 +180,8 @@ class Reconciler:
                 continue
             else:
                 self._start_launch(launch_request(deployments[action.deployment_id], action,
-                                                  self.owner, self.settings.nats_url),
+                                                  self.owner, self.settings.nats_url,
+                                                  self.settings.env_for(action.replica_id)),
                                    action.cluster, now)
         self.blocklist.prune(now)
         return result

@@ -14,6 +14,7 @@ import grpc
 from basalt import subjects
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, runtime_pb2, runtime_pb2_grpc
+from basalt.replicaauth import bearer, replica_token
 from services.router.core.deployments import Route
 from services.router.core.errors import BadRequest, NoReplica, QueueFull, ReplicaFailed, RouterError
 from services.router.core.failover import (
@@ -54,6 +55,8 @@ class RequestContext:
     replica_id: str = ""
     # The prompt's own block hashes, by block size (computed on the first decision).
     hashes: dict[int, list[OwnBlockHash]] = field(default_factory=dict)
+    # The caller's `authorization` value (the KServe door checks the key per request).
+    authorization: str | None = None
 
 
 @dataclass(slots=True)
@@ -69,25 +72,56 @@ class RequestSummary:
     outcome: str = "ok"
 
 
+class _Credential:
+    """Adds `authorization: Bearer <the replica's token>` to every call on a channel."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", bearer(token))
+
+    def _details(self, d: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(d.metadata or ()), self.header)
+        return grpc.aio.ClientCallDetails(d.method, d.timeout, metadata, d.credentials,
+                                          d.wait_for_ready)
+
+
+# grpc.aio registers an interceptor for the first call shape it implements only: one class each.
+class _UnaryCredential(_Credential, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request)
+
+
+class _StreamCredential(_Credential, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request)
+
+
 class Channels:
-    """One gRPC channel per replica address, reused across requests."""
+    """One gRPC channel per replica (address and id), reused across requests. With the
+    platform secret, each carries that replica's credential."""
 
-    def __init__(self) -> None:
-        self._channels: dict[str, grpc.aio.Channel] = {}
+    def __init__(self, secret: bytes = b"") -> None:
+        self.secret = secret
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
 
-    def stub(self, address: str) -> runtime_pb2_grpc.RuntimeStub:
-        ch = self._channels.get(address)
+    def stub(self, address: str, replica_id: str = "") -> runtime_pb2_grpc.RuntimeStub:
+        key = (address, replica_id if self.secret else "")
+        ch = self._channels.get(key)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(address)
+            token = replica_token(self.secret, replica_id) if self.secret else ""
+            interceptors = ([_UnaryCredential(token), _StreamCredential(token)]
+                            if token else None)
+            ch = self._channels[key] = grpc.aio.insecure_channel(address,
+                                                                 interceptors=interceptors)
         return runtime_pb2_grpc.RuntimeStub(ch)
 
     async def drop(self, address: str) -> None:
-        ch = self._channels.pop(address, None)
-        if ch is not None:
-            await ch.close()
+        for key in [k for k in self._channels if k[0] == address]:
+            ch = self._channels.pop(key, None)
+            if ch is not None:
+                await ch.close()
 
     async def close(self) -> None:
-        for address in list(self._channels):
+        for address, _ in list(self._channels):
             await self.drop(address)
 
 
@@ -224,7 +258,7 @@ class Dispatcher:
             raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "replica gone")
         self.fleet.routed(rid, ctx.request_id, blocks, time.monotonic())
         replica_fault = False
-        call = open_call(self.channels.stub(entry.record.grpc_address))
+        call = open_call(self.channels.stub(entry.record.grpc_address, rid))
         try:
             async for resp in call:
                 self.fleet.started(rid, ctx.request_id)

@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from basalt.apikeys import KeyStoreUnavailable, KeyVerifier, key_from_header
+from basalt.apikeys import KeyStoreUnavailable, KeyVerifier, allows_model, key_from_header
 from basalt.kserve import codec
 from basalt.kserve.codec import InvalidInput, Response
 from basalt.kserve.server import INTERNAL_MESSAGE, closing_stream, interleave, log_failure
@@ -36,10 +36,13 @@ from services.router.core.deployments import DeploymentTable, Route
 from services.router.core.errors import (
     AuthUnavailable,
     BadRequest,
+    Forbidden,
     ModelNotFound,
+    RateLimited,
     RouterError,
     Unauthorized,
 )
+from services.router.core.ratelimit import KeyLimits, retry_after_header
 from services.router.status_codes import grpc_code
 
 from .dispatch import Dispatcher, RequestContext
@@ -84,7 +87,10 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self, table: DeploymentTable, dispatcher: Dispatcher, tokenizers: Tokenizers,
         region_header: str = "x-basalt-region", session_header: str = "x-session-id",
+        verifier: KeyVerifier | None = None, limits: KeyLimits | None = None,
     ) -> None:  # fmt: skip
+        self.verifier = verifier
+        self.limits = limits or KeyLimits()
         self.table = table
         self.dispatcher = dispatcher
         self.tokenizers = tokenizers
@@ -171,6 +177,7 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
             request_id=f"kserve-{uuid.uuid4().hex}",
             client_region=metadata.get(self.region_header),
             session_key=metadata.get(self.session_header),
+            authorization=metadata.get("authorization"),
         )
 
     async def _responses(
@@ -178,6 +185,34 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[tuple[str, Response]]:
         """(output name, response) per response to send."""
         route = self._route(req.model_name)
+        key_id = await self._authorize(ctx.authorization, route)
+        try:
+            async for item in self._served(route, req, ctx, streaming):
+                yield item
+        finally:
+            if key_id:
+                self.limits.release(key_id)
+
+    async def _authorize(self, header: str | None, route: Route) -> str:
+        """The key's model list and limits, checked once the model is known (the interceptor
+        checked the key itself); returns the key id holding a concurrency slot, or ''."""
+        if self.verifier is None:
+            return ""
+        rec = await self.verifier.verify(key_from_header(header))
+        if rec is None:
+            raise Unauthorized("missing, invalid or expired API key")
+        if not allows_model(rec, route.deployment.model):
+            raise Forbidden(route.deployment.model)
+        wait = self.limits.admit(rec.key_id, rec.rate_per_s, rec.max_concurrency,
+                                 time.monotonic())
+        if wait is not None:
+            raise RateLimited(f"API key {rec.key_id} is over its limit; retry in "
+                              f"{retry_after_header(wait)} s", wait)
+        return rec.key_id
+
+    async def _served(
+        self, route: Route, req: pb.ModelInferRequest, ctx: RequestContext, streaming: bool
+    ) -> AsyncIterator[tuple[str, Response]]:
         platform = route.deployment.spec.engine
         output = codec.output_name(platform)
         codec.check_outputs(req, output)
@@ -308,7 +343,7 @@ async def start_kserve_server(
     servicer = RouterKServeServicer(
         table, dispatcher, tokenizers,
         getattr(settings, "region_header", "x-basalt-region"),
-        getattr(settings, "session_header", "x-session-id"),
+        getattr(settings, "session_header", "x-session-id"), verifier,
     )  # fmt: skip
     kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

@@ -14,6 +14,7 @@ from basalt import apikeys, bus, deployfile, subjects
 from basalt import log as blog
 from basalt.config import parse
 from basalt.metrics import serve_metrics
+from basalt.secretfiles import read_secret
 from services.router.core.deployments import DeploymentTable
 from services.router.core.fleet import Fleet
 from services.router.core.index import PrefixIndex
@@ -38,7 +39,7 @@ def _policy(s: RouterSettings) -> PolicyConfig:
 
 
 async def run(s: RouterSettings) -> int:
-    nc = await bus.connect(s.nats_url, name="router")
+    nc = await bus.connect(s.nats_url, name="router", auth=s.nats_auth())
     table = DeploymentTable()
     if s.deployments_file:
         parsed = deployfile.load(s.deployments_file, base_dir=Path(s.deployments_file).parent)
@@ -48,14 +49,18 @@ async def run(s: RouterSettings) -> int:
             table.put_environment(env.to_record())
     fleet = Fleet(ttl_s=subjects.REPLICAS_TTL_S)
     index = PrefixIndex(seed=s.seed)
-    channels = Channels()
+    secret = read_secret(s.replica_secret_file).encode() if s.replica_secret_file else b""
+    if not secret:
+        log.warning("replicas_unauthenticated", hint="give --replica-secret-file")
+    channels = Channels(secret)
     dispatcher = Dispatcher(
         fleet, index, channels, region=s.region,
         latency=RegionLatency(remote_ms=s.remote_region_ms), base_policy=_policy(s),
         publish=lambda subject, data: asyncio.ensure_future(nc.publish(subject, data)),
         seed=s.seed,
     )
-    watcher = StateWatcher(nc, fleet, index, table, channels, changed=dispatcher.changed.set)
+    watcher = StateWatcher(nc, fleet, index, table, channels, changed=dispatcher.changed.set,
+                           secret=secret)
     await watcher.start()
     verifier = None
     if s.auth:

@@ -9,3 +9,6 @@ QUEUED = Gauge("basalt_router_queued_requests", "Requests waiting for a replica.
 RETRIES = Counter("basalt_router_retries", "Requests retried on another replica.", ["deployment"])
 ROUTED = Counter("basalt_router_routed", "Routing decisions by replica.", ["deployment", "replica"])
 KV_DUMPS = Counter("basalt_router_kv_dumps", "KV-state dumps fetched after a gap or restart.")
+REFUSED_MESSAGES = Counter(
+    "basalt_router_unauthentic_messages", "Replica records, load reports and KV-event batches "
+    "dropped for not coming from the replica they name.", ["kind"])

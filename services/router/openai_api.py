@@ -7,24 +7,27 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from basalt.apikeys import KeyStoreUnavailable, KeyVerifier, key_from_header
+from basalt.apikeys import KeyStoreUnavailable, KeyVerifier, allows_model, key_from_header
 from basalt.log import bind_request_id, clear_request_id, get_logger
 from basalt.pb import runtime_pb2
 from services.router.core.deployments import DeploymentTable, Route
 from services.router.core.errors import (
     AuthUnavailable,
     BadRequest,
+    Forbidden,
     ModelNotFound,
+    RateLimited,
     RouterError,
     Unauthorized,
 )
+from services.router.core.ratelimit import KeyLimits, retry_after_header
 from services.router.status_codes import http_status
 
 from .body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
@@ -49,10 +52,13 @@ class AppState:
     region_header: str = "x-basalt-region"
     session_header: str = "x-session-id"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    limits: KeyLimits = field(default_factory=KeyLimits)
 
 
 def _error(e: RouterError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=http_status(e))
+    headers = ({"retry-after": retry_after_header(e.retry_after_s)}
+               if isinstance(e, RateLimited) else None)
+    return JSONResponse(e.body(), status_code=http_status(e), headers=headers)
 
 
 def create_app(state: AppState) -> FastAPI:
@@ -71,28 +77,46 @@ def create_app(state: AppState) -> FastAPI:
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):  # type: ignore[no-untyped-def]
-        if state.verifier is not None and request.url.path not in OPEN_PATHS:
-            key = key_from_header(request.headers.get("authorization"))
-            try:
-                if not await state.verifier.verify(key):
-                    return _error(Unauthorized("missing or invalid API key"))
-            except KeyStoreUnavailable as e:
-                return _error(AuthUnavailable(str(e)))
-        return await call_next(request)
+        request.state.api_key = None
+        if state.verifier is None or request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        key = key_from_header(request.headers.get("authorization"))
+        try:
+            rec = await state.verifier.verify(key)
+        except KeyStoreUnavailable as e:
+            return _error(AuthUnavailable(str(e)))
+        if rec is None:
+            return _error(Unauthorized("missing, invalid or expired API key (an inference "
+                                       "key is needed here)"))
+        wait = state.limits.admit(rec.key_id, rec.rate_per_s, rec.max_concurrency,
+                                  time.monotonic())
+        if wait is not None:
+            return _error(RateLimited(f"API key {rec.key_id} is over its limit of "
+                                      f"{rec.rate_per_s:g} requests/s or {rec.max_concurrency} "
+                                      "in flight", wait))
+        request.state.api_key = rec
+        try:
+            response = await call_next(request)
+        except BaseException:
+            state.limits.release(rec.key_id)
+            raise
+        return _released_after(response, lambda: state.limits.release(rec.key_id))
 
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    async def models(request: Request) -> dict[str, Any]:
+        rec = request.state.api_key
         data = [{"id": name, "object": "model", "created": 0, "owned_by": owner}
-                for name, owner in state.table.model_names()]
+                for name, owner in state.table.model_names()
+                if rec is None or allows_model(rec, name)]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
-        route = _resolve(state, body.model)
+        route = _resolve(state, body.model, request=request)
         tok = await state.tokenizers.get(route.deployment)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         # Off the event loop: a long prompt must not stall every other stream and /health.
@@ -102,7 +126,7 @@ def create_app(state: AppState) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        route = _resolve(state, body.model)
+        route = _resolve(state, body.model, request=request)
         try:
             prompt_in = body.prompt_one()
         except ValueError as e:
@@ -117,7 +141,7 @@ def create_app(state: AppState) -> FastAPI:
 
     @app.post("/v1/models/{name}/predict")
     async def predict(name: str, request: Request) -> Response:
-        route = _resolve(state, name, llm=False)
+        route = _resolve(state, name, llm=False, request=request)
         raw = await request.body()
         try:
             json.loads(raw or b"null")
@@ -143,10 +167,33 @@ def create_app(state: AppState) -> FastAPI:
     return app
 
 
-def _resolve(state: AppState, name: str, llm: bool = True) -> Route:
+def _released_after(response: Response, release: Any) -> Response:
+    """`release()` once the response's body is sent (a stream counts as in flight until its
+    last chunk, or the client leaving)."""
+    body = getattr(response, "body_iterator", None)
+    if body is None:
+        release()
+        return response
+
+    async def tracked() -> AsyncIterator[Any]:
+        try:
+            async for chunk in body:
+                yield chunk
+        finally:
+            release()
+
+    response.body_iterator = tracked()  # type: ignore[attr-defined]
+    return response
+
+
+def _resolve(state: AppState, name: str, llm: bool = True,
+             request: Request | None = None) -> Route:
     route = state.table.resolve(name)
     if route is None:
         raise ModelNotFound(name)
+    rec = request.state.api_key if request is not None else None
+    if rec is not None and not allows_model(rec, route.deployment.model):
+        raise Forbidden(name)
     is_python = route.deployment.spec.engine == "python"
     if llm and is_python:
         raise BadRequest(f"model {name!r} is a python model: POST /v1/models/{name}/predict")

@@ -7,9 +7,11 @@ import grpc
 from services.router.core.errors import (
     AuthUnavailable,
     BadRequest,
+    Forbidden,
     ModelNotFound,
     NoReplica,
     QueueFull,
+    RateLimited,
     ReplicaFailed,
     RouterError,
     Unauthorized,
@@ -19,7 +21,9 @@ from services.router.core.errors import (
 _CODES: dict[type[RouterError], tuple[int, grpc.StatusCode]] = {
     BadRequest: (400, grpc.StatusCode.INVALID_ARGUMENT),
     Unauthorized: (401, grpc.StatusCode.UNAUTHENTICATED),
+    Forbidden: (403, grpc.StatusCode.PERMISSION_DENIED),
     ModelNotFound: (404, grpc.StatusCode.NOT_FOUND),
+    RateLimited: (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
     AuthUnavailable: (503, grpc.StatusCode.UNAVAILABLE),
     QueueFull: (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ReplicaFailed: (502, grpc.StatusCode.UNAVAILABLE),

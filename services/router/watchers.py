@@ -14,6 +14,7 @@ from basalt.ids import ReplicaId
 from basalt.kvevents import KvEventBatchData, batch_from_proto, stored_from_proto
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2, runtime_pb2
+from basalt.replicaauth import Signed, verify
 from services.router.core.deployments import DeploymentTable
 from services.router.core.fleet import Fleet
 from services.router.core.index import PrefixIndex
@@ -30,9 +31,10 @@ class StateWatcher:
 
     def __init__(
         self, nc: Client, fleet: Fleet, index: PrefixIndex, table: DeploymentTable,
-        channels: Channels, changed: Callable[[], None],
+        channels: Channels, changed: Callable[[], None], secret: bytes = b"",
     ) -> None:
         self.nc = nc
+        self.secret = secret
         self.fleet = fleet
         self.index = index
         self.table = table
@@ -94,11 +96,23 @@ class StateWatcher:
             self._forget(ReplicaId(key))
             return
         rec = events_pb2.ReplicaRecord.FromString(value)
+        if not self._authentic(rec.replica_id, rec, key == rec.replica_id, "replica record"):
+            return
         if self.fleet.upsert(rec, time.monotonic()):
             log.info("replica_seen", replica=rec.replica_id, deployment=rec.deployment,
                      state=events_pb2.ReplicaState.Name(rec.state))
             self._request_dump(ReplicaId(rec.replica_id))
         self.changed()
+
+    def _authentic(self, replica_id: str, msg: Signed, placed_right: bool, what: str) -> bool:
+        """Whether `msg` comes from the replica it names: found under that replica's key or
+        subject (`placed_right`) and, with the platform secret, signed with its credential.
+        Else it is counted and dropped: a forged record must not route a prompt anywhere."""
+        ok = placed_right and (not self.secret or verify(self.secret, replica_id, msg))
+        if not ok:
+            metrics.REFUSED_MESSAGES.labels(kind=what).inc()
+            log.warning("unauthentic_message_dropped", kind=what, replica=replica_id[:80])
+        return ok
 
     def _forget(self, replica_id: ReplicaId) -> None:
         state = self.fleet.get(replica_id)
@@ -126,7 +140,11 @@ class StateWatcher:
 
     async def _on_load(self, msg) -> None:
         try:
-            self.fleet.update_load(events_pb2.LoadReport.FromString(msg.data), time.monotonic())
+            report = events_pb2.LoadReport.FromString(msg.data)
+            if not self._authentic(report.replica_id, report,
+                                   msg.subject == subjects.load(report.replica_id), "load report"):
+                return
+            self.fleet.update_load(report, time.monotonic())
         except Exception as e:  # noqa: BLE001 - a bad report is dropped, not fatal
             log.warning("bad_load_report", error=str(e))
             return
@@ -134,7 +152,12 @@ class StateWatcher:
 
     async def _on_kv(self, msg) -> None:
         try:
-            batch = batch_from_proto(events_pb2.KvEventBatch.FromString(msg.data))
+            proto = events_pb2.KvEventBatch.FromString(msg.data)
+            if not self._authentic(proto.replica_id, proto,
+                                   msg.subject == subjects.kv_events(proto.replica_id),
+                                   "KV-event batch"):
+                return
+            batch = batch_from_proto(proto)
         except Exception as e:  # noqa: BLE001 - a bad batch is dropped, not fatal
             log.warning("bad_kv_batch", subject=msg.subject, error=str(e))
             return
@@ -158,7 +181,7 @@ class StateWatcher:
             state = self.fleet.get(replica_id)
             if state is None or not state.record.grpc_address:
                 return
-            stub = self.channels.stub(state.record.grpc_address)
+            stub = self.channels.stub(state.record.grpc_address, replica_id)
             dump = await stub.DumpKvState(runtime_pb2.DumpKvStateRequest(), timeout=10)
             self.index.apply_dump(
                 replica_id, dump.epoch, dump.seq, [stored_from_proto(b) for b in dump.blocks]

@@ -53,6 +53,9 @@ class RuntimeSettings(ServiceSettings):
     load_report_interval: float = Field(1.0, gt=0.0, description="Seconds between load reports on NATS.")
     kv_batch_interval: float = Field(0.02, gt=0.0, description="Longest wait before KV events are flushed to NATS as one batch.")
     drain_timeout: float = Field(30.0, ge=0.0, description="On SIGTERM, seconds to let in-flight requests finish before aborting them.")
+    token: str = Field("", repr=False, description="This replica's credential: the gRPC server answers only callers sending it, and what the replica publishes is signed with it. Give it in BASALT_RUNTIME_TOKEN (the control plane does), not as a flag.")
+    grpc_insecure: bool = Field(False, description="Allow listening off loopback without a credential.")
+    lora_root: str = Field("", description="LoadLora accepts only adapter paths under this folder (empty: LoadLora is refused; adapters given at start are loaded).")
     ready_file: str = Field("", description="Write the replica record as JSON to this file once ready (for scripts).")
 
     def lora_map(self) -> dict[str, str]:

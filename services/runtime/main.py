@@ -24,7 +24,7 @@ from .config import RuntimeSettings
 from .factory import make_engine, make_tokenizer, model_name
 from .kserve import KServeServicer
 from .publisher import Heartbeat, KvEventPublisher, LoadReporter
-from .server import RuntimeServicer
+from .server import RuntimeServicer, TokenInterceptor
 
 log = blog.get_logger(__name__)
 
@@ -78,18 +78,19 @@ class Replica:
 
     async def run(self) -> int:
         s = self.settings
-        nc = await bus.connect(s.nats_url, name=f"runtime-{self.replica_id}")
+        nc = await bus.connect(s.nats_url, name=f"runtime-{self.replica_id}", auth=s.nats_auth())
         bucket = await bus.replicas_bucket(nc)
-        kv = KvEventPublisher(nc, self.replica_id, self.epoch)
+        kv = KvEventPublisher(nc, self.replica_id, self.epoch, s.token)
         load = LoadReporter(nc, self.replica_id, s.deployment, self.engine,
-                            s.load_report_interval, self.model_name)
-        heartbeat = Heartbeat(bucket, self.record, s.heartbeat_interval)
+                            s.load_report_interval, self.model_name, s.token)
+        heartbeat = Heartbeat(bucket, self.record, s.heartbeat_interval, s.token)
         servicer = RuntimeServicer(
             self.engine, self.model_name, self.replica_id, kv, load, self.record,
-            on_lora_change=lambda: self._spawn(heartbeat.beat()),
+            on_lora_change=lambda: self._spawn(heartbeat.beat()), lora_root=s.lora_root,
         )
         health_servicer = health.aio.HealthServicer()
-        server = grpc.aio.server()
+        interceptors = [TokenInterceptor(s.token)] if s.token else []
+        server = grpc.aio.server(interceptors=interceptors)
         runtime_pb2_grpc.add_RuntimeServicer_to_server(servicer, server)
         kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             KServeServicer(self.engine, self.model_name, self.tokenizer,
@@ -204,4 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"basalt runtime: {e}", file=sys.stderr)
         return 2
+    if not settings.token:
+        if settings.grpc_host not in bus.LOOPBACK and not settings.grpc_insecure:
+            print(f"basalt runtime: refusing to listen on {settings.grpc_host} without a "
+                  "credential (BASALT_RUNTIME_TOKEN) or --grpc-insecure", file=sys.stderr)
+            return 2
+        log.warning("runtime_without_credential", grpc_host=settings.grpc_host)
     return asyncio.run(Replica(settings).run())

@@ -1,4 +1,7 @@
-"""Publishes a replica's KV events, load reports and replica record on NATS (does I/O)."""
+"""Publishes a replica's KV events, load reports and replica record on NATS (does I/O).
+
+With the replica's credential (`token`), each message is signed (basalt/replicaauth.py) so
+consumers can tell it comes from this replica."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from basalt import subjects
 from basalt.kvevents import KvEvent, KvEventBatchData, batch_to_proto
 from basalt.log import get_logger
 from basalt.pb import events_pb2
+from basalt.replicaauth import Signed, sign
 from services.runtime.core.engine import Engine
 from services.runtime.core.latency import LatencyWindow, Percentiles
 from services.runtime.core.mirror import KvMirror
@@ -22,14 +26,21 @@ from . import metrics
 log = get_logger(__name__)
 
 
+def _signed(token: str, msg: Signed) -> bytes:
+    if token:
+        sign(token, msg)
+    return msg.SerializeToString()
+
+
 class KvEventPublisher:
     """Numbers the engine's KV event batches (seq +1 per batch) and publishes them.
 
     The mirror is updated in the same step as `seq`, so a dump is always consistent with
     the last sequence number it reports."""
 
-    def __init__(self, nc: Client, replica_id: str, epoch: str) -> None:
+    def __init__(self, nc: Client, replica_id: str, epoch: str, token: str = "") -> None:
         self.nc = nc
+        self.token = token
         self.replica_id = replica_id
         self.epoch = epoch
         self.subject = subjects.kv_events(replica_id)
@@ -42,7 +53,7 @@ class KvEventPublisher:
         self.mirror.apply(events)
         self.seq += 1
         batch = KvEventBatchData(self.replica_id, self.seq, time.time(), self.epoch, events)
-        await self.nc.publish(self.subject, batch_to_proto(batch).SerializeToString())
+        await self.nc.publish(self.subject, _signed(self.token, batch_to_proto(batch)))
 
     async def run(self, engine: Engine) -> None:
         async for events in engine.kv_events():
@@ -66,9 +77,10 @@ class LoadReporter:
 
     def __init__(
         self, nc: Client, replica_id: str, deployment: str, engine: Engine, interval: float,
-        model_name: str = "",
+        model_name: str = "", token: str = "",
     ) -> None:
         self.nc = nc
+        self.token = token
         self.replica_id = replica_id
         self.deployment = deployment
         self.engine = engine
@@ -106,7 +118,7 @@ class LoadReporter:
         subject = subjects.load(self.replica_id)
         while True:
             try:
-                await self.nc.publish(subject, self.report().SerializeToString())
+                await self.nc.publish(subject, _signed(self.token, self.report()))
             except Exception as e:  # noqa: BLE001 - a NATS hiccup must not stop the reports
                 log.warning("load_report_failed", error=str(e))
             await asyncio.sleep(self.interval)
@@ -116,16 +128,18 @@ class Heartbeat:
     """Keeps this replica's record fresh in the replicas KV bucket."""
 
     def __init__(
-        self, bucket: KeyValue, record: Callable[[], events_pb2.ReplicaRecord], interval: float
+        self, bucket: KeyValue, record: Callable[[], events_pb2.ReplicaRecord], interval: float,
+        token: str = "",
     ) -> None:
         self.bucket = bucket
+        self.token = token
         self.record = record
         self.interval = interval
 
     async def beat(self) -> None:
         rec = self.record()
         rec.heartbeat_ts = time.time()
-        await self.bucket.put(rec.replica_id, rec.SerializeToString())
+        await self.bucket.put(rec.replica_id, _signed(self.token, rec))
 
     async def run(self) -> None:
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -12,6 +13,7 @@ import grpc
 from basalt.kvevents import stored_to_proto
 from basalt.log import bind_request_id, clear_request_id, get_logger
 from basalt.pb import events_pb2, runtime_pb2, runtime_pb2_grpc
+from basalt.replicaauth import token_from_metadata, token_matches
 from services.runtime.core.convert import chunk_to_proto, generate_input_from_proto
 from services.runtime.core.engine import Engine
 from services.runtime.core.errors import Draining, InvalidRequest, RuntimeServiceError
@@ -40,8 +42,10 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         load: LoadReporter,
         record: Callable[[], events_pb2.ReplicaRecord],
         on_lora_change: Callable[[], None],
+        lora_root: str = "",
     ) -> None:
         self.engine = engine
+        self.lora_root = os.path.realpath(lora_root) if lora_root else ""
         self.kv = kv
         self.load = load
         self.record = record
@@ -147,12 +151,22 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "lora_name and lora_path are both required"
             )
+        if not self._under_lora_root(request.lora_path):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "lora_path: outside this replica's --lora-root"
+                                if self.lora_root else "LoadLora is off: no --lora-root set")
         try:
             await self.engine.load_lora(request.lora_name, request.lora_path)
         except (InvalidRequest, ValueError, FileNotFoundError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot load LoRA: {e}")
         self.on_lora_change()
         return runtime_pb2.LoadLoraResponse()
+
+    def _under_lora_root(self, path: str) -> bool:
+        if not self.lora_root:
+            return False
+        real = os.path.realpath(path)
+        return real == self.lora_root or real.startswith(self.lora_root.rstrip("/") + "/")
 
     async def UnloadLora(
         self, request: runtime_pb2.UnloadLoraRequest, context: grpc.aio.ServicerContext
@@ -164,3 +178,44 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         await self.engine.unload_lora(request.lora_name)
         self.on_lora_change()
         return runtime_pb2.UnloadLoraResponse()
+
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that answers UNAUTHENTICATED."""
+
+    async def refuse(_request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                            "this replica answers only the platform (missing or wrong credential)")
+
+    kw = {"request_deserializer": handler.request_deserializer,
+          "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, **kw)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse, **kw)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, **kw)
+    return grpc.stream_stream_rpc_method_handler(refuse, **kw)
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Every RPC but health needs `authorization: Bearer <this replica's token>`: the router
+    and the control plane derive it from the platform secret; nobody else has it."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(HEALTH_PREFIX):
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        header = metadata.get("authorization")
+        given = token_from_metadata(header if isinstance(header, str) else None)
+        if token_matches(self.token, given):
+            return handler
+        log.info("runtime_unauthenticated", method=details.method, credential_given=bool(given))
+        return _refusing(handler)

@@ -359,7 +359,7 @@ async def test_clusters_and_health(store: Store, nc: Client) -> None:
 
 async def test_auth(store: Store, nc: Client) -> None:
     verifier = apikeys.KeyVerifier(await bus.kv_bucket(nc, subjects.API_KEYS_BUCKET))
-    key = await apikeys.create(nc, "test-mcm")
+    key = await apikeys.create(nc, "test-mcm", apikeys.MANAGEMENT)
     async with _client(create_app(store, nc=nc, verifier=verifier)) as api:
         assert (await api.get("/health")).status_code == 200
         assert _error(await api.get("/v1/models"), 401)["code"] == "invalid_api_key"

@@ -28,7 +28,8 @@ def replica(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory):
         nats_server.url, tmp_path_factory.mktemp("rt"), replica_id="sim-a",
         extra=["--deployment", "d1", "--region", "us-east", "--sim-time-scale", "0.2",
                "--block-size", str(BLOCK), "--max-model-len", "4096",
-               "--load-report-interval", "0.2", "--heartbeat-interval", "0.5"],
+               "--load-report-interval", "0.2", "--heartbeat-interval", "0.5",
+               "--lora-root", "/nowhere"],
     ).start()
     yield proc
     proc.kill()
@@ -210,6 +211,11 @@ async def test_lora_load_and_unload_show_in_the_record(replica: RuntimeProcess, 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             [r async for r in stub.Generate(_request(_prompt(8, 20), lora_name="ad1"))]
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for path in ("/etc/evil", "/nowhere/../etc/evil"):  # outside --lora-root
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.LoadLora(runtime_pb2.LoadLoraRequest(lora_name="x", lora_path=path))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "lora_path" in (err.value.details() or "")
 
 
 async def test_sigterm_finishes_in_flight_work_then_deregisters(nats_server: NatsServer, tmp_path, nc) -> None:

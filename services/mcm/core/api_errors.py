@@ -38,6 +38,22 @@ class Unauthorized(ApiError):
     code = "invalid_api_key"
 
 
+class Forbidden(ApiError):
+    """A valid management key that may not act here (it is limited to other models)."""
+
+    type = "permission_error"
+    code = "not_allowed"
+
+
+def key_allows_path(models: Sequence[str], path: str) -> bool:
+    """Whether a management key limited to `models` (empty: all) may use API path `path`:
+    only the routes under one of its models."""
+    if not models:
+        return True
+    return any(path == f"/v1/models/{m}" or path.startswith(f"/v1/models/{m}/")
+               for m in models)
+
+
 class NotFound(ApiError):
     type = "not_found_error"
 

@@ -18,9 +18,15 @@ from services.mcm.core.errors import InvalidLaunchRequest
 from services.mcm.core.inventory import Cluster, DeploymentId
 
 # Flags the provider sets itself; an engine arg may not override them.
+# Flags that decide where the replica listens, how it proves itself and what it may read
+# are reserved too: a deployment may not open the runtime's port to the world or turn its
+# credentials off.
 RESERVED_FLAGS = frozenset({
     "engine", "model", "model-name", "deployment", "replica-id", "owner", "region", "zone",
     "cluster", "nats-url", "ready-file", "lora-modules",
+    "grpc-host", "grpc-port", "advertise-host", "metrics-host", "metrics-port", "token",
+    "nats-creds", "nats-tls-ca", "nats-tls-cert", "nats-tls-key", "nats-insecure", "lora-root",
+    "log-level",
 })
 _FLAG = re.compile(r"^[a-z][a-z0-9_-]*$")
 
@@ -46,6 +52,9 @@ class LaunchRequest:
     loras: Mapping[str, str] = field(default_factory=dict)
     accelerator: str = ""
     accelerator_count: int = 0
+    # Environment the replica starts with: its credential and NATS credentials file. Secret:
+    # never in argv, never logged (repr hides it).
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(slots=True, frozen=True)

@@ -303,3 +303,20 @@ def model_view(model: str, deployments: Sequence[Record], envs: Sequence[EnvReco
             "development_deployment_id": development,
             "environments": [environment_view(e) for e in my_envs],
             "deployments": [deployment_view(d, my_envs, replicas) for d in mine]}
+
+
+def check_model_roots(rec: Record, resolved: dict[str, str], roots: Sequence[str]) -> None:
+    """Refuse a deployment whose model or LoRA paths lie outside every allow-listed root: a
+    deployment starts code from its model path (a python model's `model.py`, a vLLM model's
+    remote code), so only folders the operator chose may be named. `resolved` maps each path
+    as given to its real path (symlinks and `..` followed: the adapter resolves them)."""
+    named = [("model_path", rec.spec.model_path)]
+    named += [(f"loras[{i}].path", x.path) for i, x in enumerate(rec.spec.loras)]
+    for param, path in named:
+        if not path:
+            continue
+        real = resolved.get(path, "")
+        if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots):
+            raise InvalidRequest(
+                f"{param}: {path!r} is outside the allowed model roots (the control plane's "
+                "--model-roots)", param)

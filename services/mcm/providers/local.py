@@ -101,7 +101,7 @@ class LocalProvider:
         cmd = self.command(req)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.ready_path(req.replica_id).unlink(missing_ok=True)
-        proc = await asyncio.to_thread(self._spawn, cmd, self.log_path(req.replica_id))
+        proc = await asyncio.to_thread(self._spawn, cmd, self.log_path(req.replica_id), req.env)
         handle = LaunchHandle(
             req.replica_id, req.deployment_id, req.owner, self.name, req.cluster, req.cloud,
             req.region, req.zone, time.time(), proc.pid, str(self.log_path(req.replica_id)),
@@ -114,12 +114,13 @@ class LocalProvider:
                  cluster=req.cluster, deployment=req.deployment_id)
         return handle
 
-    def _spawn(self, cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    def _spawn(self, cmd: list[str], log_path: Path,
+               env: Mapping[str, str]) -> subprocess.Popen[bytes]:
         with open(log_path, "ab") as out:
             # Its own process group: a SIGKILL takes the engine's worker processes with it
             # (vLLM's EngineCore outlives a killed parent otherwise).
             return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=self.env,
+                                    stdin=subprocess.DEVNULL, env={**self.env, **env},
                                     start_new_session=True)
 
     def _alive(self, run: _Running) -> bool:

@@ -34,6 +34,28 @@ class AuthUnavailable(RouterError):
     code = "auth_unavailable"
 
 
+class Forbidden(RouterError):
+    """A valid key that may not use this model."""
+
+    type = "permission_error"
+    code = "model_not_allowed"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"this API key may not use model {model!r}")
+        self.model = model
+
+
+class RateLimited(RouterError):
+    """A key over its request rate or concurrency limit; retry after `retry_after_s`."""
+
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ModelNotFound(RouterError):
     type = "invalid_request_error"
     code = "model_not_found"
