@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -9,6 +10,7 @@ from urllib.parse import urlsplit
 import nats
 import nkeys
 from nats.aio.client import Client
+from nats.errors import AuthorizationError
 from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
@@ -21,6 +23,10 @@ log = get_logger(__name__)
 
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class NatsRefused(RuntimeError):
+    """The NATS server refused to admit this client (no or wrong credentials)."""
 
 
 class InsecureNats(RuntimeError):
@@ -66,7 +72,13 @@ async def connect(url: str, name: str, auth: NatsAuth | None = None) -> Client:
     auth = auth or NatsAuth()
     _check(url, auth)
 
+    refused = asyncio.Event()
+
     async def on_error(e: Exception) -> None:
+        if isinstance(e, AuthorizationError) or "Authorization Violation" in str(e):
+            refused.set()
+            log.error("nats_authorization_refused", url=url, creds_given=bool(auth.creds))
+            return
         log.warning("nats_error", error=str(e))
 
     extra: dict = {}
@@ -77,10 +89,20 @@ async def connect(url: str, name: str, auth: NatsAuth | None = None) -> Client:
     tls = _tls(auth)
     if tls is not None:
         extra["tls"] = tls
-    return await nats.connect(
+    # Retried while the server is away (it may start after us); refused credentials are not
+    # an outage: the first refusal before connecting ends the attempt.
+    connecting = asyncio.ensure_future(nats.connect(
         url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error,
         **extra,
-    )
+    ))
+    waiting = asyncio.ensure_future(refused.wait())
+    await asyncio.wait([connecting, waiting], return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    raise NatsRefused(f"NATS at {url} refused this service's credentials"
+                      + ("" if auth.creds else " (none given: --nats-creds)"))
 
 
 async def kv_bucket(nc: Client, bucket: str, ttl_s: float | None = None) -> KeyValue:

@@ -196,4 +196,8 @@ async def run(s: McmSettings) -> int:
 def main(argv: list[str] | None = None) -> int:
     settings = parse(McmSettings, sys.argv[1:] if argv is None else argv, "basalt mcm")
     blog.configure("mcm", settings.log_level)
-    return asyncio.run(run(settings))
+    try:
+        return asyncio.run(run(settings))
+    except (bus.NatsRefused, bus.InsecureNats) as e:
+        print(f"basalt mcm: {e}", file=sys.stderr)
+        return 2

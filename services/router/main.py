@@ -104,4 +104,8 @@ async def run(s: RouterSettings) -> int:
 def main(argv: list[str] | None = None) -> int:
     settings = parse(RouterSettings, sys.argv[1:] if argv is None else argv, "basalt router")
     blog.configure("router", settings.log_level)
-    return asyncio.run(run(settings))
+    try:
+        return asyncio.run(run(settings))
+    except (bus.NatsRefused, bus.InsecureNats) as e:
+        print(f"basalt router: {e}", file=sys.stderr)
+        return 2

@@ -211,4 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                   "credential (BASALT_RUNTIME_TOKEN) or --grpc-insecure", file=sys.stderr)
             return 2
         log.warning("runtime_without_credential", grpc_host=settings.grpc_host)
-    return asyncio.run(Replica(settings).run())
+    try:
+        return asyncio.run(Replica(settings).run())
+    except (bus.NatsRefused, bus.InsecureNats) as e:
+        print(f"basalt runtime: {e}", file=sys.stderr)
+        return 2

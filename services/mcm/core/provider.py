@@ -125,10 +125,17 @@ def runtime_args(req: LaunchRequest) -> list[str]:
             raise InvalidLaunchRequest("loras", name, "adapter names are non-empty without '='")
         args += ["--lora-modules", f"{name}={req.loras[name]}"]
     for key in sorted(req.engine_args):
-        flag = key.replace("_", "-")
-        if not _FLAG.match(key):
-            raise InvalidLaunchRequest("engine_args", key, "keys are lower-case flag names")
-        if flag in RESERVED_FLAGS:
-            raise InvalidLaunchRequest("engine_args", key, "set by the provider, not an arg")
-        args += [f"--{flag}", str(req.engine_args[key])]
+        problem = engine_arg_problem(key)
+        if problem:
+            raise InvalidLaunchRequest("engine_args", key, problem)
+        args += [f"--{key.replace('_', '-')}", str(req.engine_args[key])]
     return args
+
+
+def engine_arg_problem(key: str) -> str | None:
+    """Why `key` may not be an engine arg (None: it may)."""
+    if not _FLAG.match(key):
+        return "keys are lower-case flag names"
+    if key.replace("_", "-") in RESERVED_FLAGS:
+        return "set by the provider, not an arg"
+    return None

@@ -24,6 +24,7 @@ from services.mcm.core.api_errors import (
     InvalidRequest,
     NotFound,
 )
+from services.mcm.core.provider import engine_arg_problem
 
 PRODUCTION = "production"
 DEVELOPMENT = "development"
@@ -117,6 +118,9 @@ def new_deployment(model: str, body: BaseModel, now: float, existing: Sequence[R
     except ValidationError as e:
         raise describe_errors(e.errors()) from None
     check_autoscaling(dep.autoscaling, "autoscaling.")
+    for key in sorted(dep.engine_args):
+        if problem := engine_arg_problem(key):
+            raise InvalidRequest(f"engine_args.{key}: {problem}", f"engine_args.{key}")
     for rec in existing:
         if rec.id == dep.id:
             raise DeploymentExists(dep.id)
