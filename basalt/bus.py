@@ -46,7 +46,8 @@ class NatsAuth:
     insecure: bool = False
 
 
-def _check(url: str, auth: NatsAuth) -> None:
+def check_transport(url: str, auth: NatsAuth) -> None:
+    """Refuse (InsecureNats) to talk to a server off loopback without credentials and TLS."""
     parts = [urlsplit(u.strip()) for u in url.split(",")]
     off_loopback = [p.hostname for p in parts if p.hostname not in LOOPBACK]
     if not off_loopback or auth.insecure:
@@ -70,7 +71,7 @@ async def connect(url: str, name: str, auth: NatsAuth | None = None) -> Client:
     """Connect with reconnects on; a service keeps running across a NATS restart. With
     credentials, replies come to this user's own inbox (the only one it may read)."""
     auth = auth or NatsAuth()
-    _check(url, auth)
+    check_transport(url, auth)
 
     refused = asyncio.Event()
 

@@ -73,6 +73,8 @@ def _keys(args: list[str]) -> int:
             p.add_argument("--nats-url", default="nats://127.0.0.1:4222")
             p.add_argument("--nats-creds", default=str(ADMIN_CREDS),
                            help="the admin role's NATS seed file (default: `basalt up`'s)")
+            p.add_argument("--nats-tls-ca", default="",
+                           help="CA of the NATS server's certificate (TLS)")
     ns = parser.parse_args(args)
     import asyncio
     import time
@@ -82,7 +84,7 @@ def _keys(args: list[str]) -> int:
     creds = ns.nats_creds if Path(ns.nats_creds).exists() else ""
 
     async def go() -> int:
-        nc = await bus.connect(ns.nats_url, name="basalt-cli", auth=bus.NatsAuth(creds))
+        nc = await bus.connect(ns.nats_url, name="basalt-cli", auth=bus.NatsAuth(creds, ns.nats_tls_ca))
         try:
             if ns.action == "create":
                 if ns.rate < 0 or ns.concurrency < 0 or ns.expires_in < 0:

@@ -15,8 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from basalt import bus
 from basalt.secretfiles import write_private
 from basalt_tools.natsserver import NatsServer
+from basalt_tools.tlsfiles import make_tls_files
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = {"vllm": REPO / "deploy" / "local" / "tiny.yaml",
@@ -77,6 +79,9 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--grpc-port", type=int, default=8001, help="the router's KServe v2 gRPC port")
     p.add_argument("--mcm-port", type=int, default=8081, help="the deployments API port")
     p.add_argument("--ready-timeout", type=float, default=600.0)
+    p.add_argument("--nats-tls", action="store_true",
+                   help="TLS on NATS too (a private CA in <state-dir>/secrets/tls; off by "
+                        "default: everything here is on loopback)")
     return p.parse_args(argv)
 
 
@@ -84,12 +89,12 @@ def _progress(msg: str) -> None:
     print(f"\r\033[K{msg}", end="", flush=True)
 
 
-async def _wait_ready(nats_url: str, creds: Path, deployment_id: str, timeout: float) -> None:
+async def _wait_ready(nats_url: str, auth: bus.NatsAuth, deployment_id: str,
+                      timeout: float) -> None:
     """Poll the replica records until one replica of the deployment is READY, with progress."""
-    from basalt import bus
     from basalt.pb import events_pb2
 
-    nc = await bus.connect(nats_url, name="basalt-up", auth=bus.NatsAuth(str(creds)))
+    nc = await bus.connect(nats_url, name="basalt-up", auth=auth)
     bucket = await bus.replicas_bucket(nc)
     t0 = time.monotonic()
     try:
@@ -113,12 +118,12 @@ async def _wait_ready(nats_url: str, creds: Path, deployment_id: str, timeout: f
         await nc.close()
 
 
-async def _make_keys(nats_url: str, creds: Path) -> tuple[str, str]:
+async def _make_keys(nats_url: str, auth: bus.NatsAuth) -> tuple[str, str]:
     """A new inference key and management key. Earlier runs' keys are left valid; revoke
     them with `basalt keys list / revoke`."""
-    from basalt import apikeys, bus
+    from basalt import apikeys
 
-    nc = await bus.connect(nats_url, name="basalt-up", auth=bus.NatsAuth(str(creds)))
+    nc = await bus.connect(nats_url, name="basalt-up", auth=auth)
     try:
         return (await apikeys.create(nc, "basalt-up", apikeys.INFERENCE),
                 await apikeys.create(nc, "basalt-up", apikeys.MANAGEMENT))
@@ -138,9 +143,11 @@ def main(argv: list[str]) -> int:
     stack = Stack(state)
     try:
         secrets_dir = state / "secrets"
+        tls = make_tls_files(secrets_dir / "tls") if ns.nats_tls else None
         stack.nats = NatsServer(store_dir=state / "nats", port=ns.nats_port,
                                 log_file=state / "logs" / "nats.log",
-                                creds_dir=secrets_dir / "nats")
+                                creds_dir=secrets_dir / "nats", tls=tls)
+        tls_args = ["--nats-tls-ca", tls.ca_file] if tls else []
         (state / "logs").mkdir(parents=True, exist_ok=True)
         stack.nats.start()
         url = stack.nats.url
@@ -162,17 +169,18 @@ def main(argv: list[str]) -> int:
                             "--stop-replicas-on-exit", "--auth",
                             "--nats-creds", str(creds("mcm")),
                             "--runtime-nats-creds", str(creds("runtime")),
-                            "--replica-secret-file", str(replica_secret),
+                            "--replica-secret-file", str(replica_secret), *tls_args,
                             *[a for r in roots for a in ("--model-roots", r)],
                             "--ready-file", str(state / "mcm.ready.json")])
         stack.start("router", ["services.router", "--nats-url", url, "--auth",
                                "--http-port", str(ns.http_port), "--grpc-port", str(ns.grpc_port),
                                "--nats-creds", str(creds("router")),
-                               "--replica-secret-file", str(replica_secret),
+                               "--replica-secret-file", str(replica_secret), *tls_args,
                                "--ready-file", str(state / "router.ready.json")])
         stack.wait_file("mcm", state / "mcm.ready.json", 60)
         stack.wait_file("router", state / "router.ready.json", 60)
-        key, management_key = asyncio.run(_make_keys(url, creds("admin")))
+        admin = bus.NatsAuth(str(creds("admin")), tls.ca_file if tls else "")
+        key, management_key = asyncio.run(_make_keys(url, admin))
         # Readable by this user only: the inference key for clients, the management key for
         # `basalt status/scale/deploy/...`.
         write_private(state / "api-key", key + "\n")
@@ -181,7 +189,7 @@ def main(argv: list[str]) -> int:
         ctl.apply(mcm_url, management_key, parsed)
         dep = parsed.deployments[0]
         print(f"deployed {dep.id} ({dep.engine}); logs in {stack.logs}", flush=True)
-        asyncio.run(_wait_ready(url, creds("admin"), dep.id, ns.ready_timeout))
+        asyncio.run(_wait_ready(url, admin, dep.id, ns.ready_timeout))
         _banner(ns, key, dep.model)
         _wait_for_ctrl_c()
     except KeyboardInterrupt:

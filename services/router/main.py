@@ -48,7 +48,7 @@ async def run(s: RouterSettings) -> int:
         for env in parsed.environments:
             table.put_environment(env.to_record())
     fleet = Fleet(ttl_s=subjects.REPLICAS_TTL_S)
-    index = PrefixIndex(seed=s.seed)
+    index = PrefixIndex(seed=s.seed, max_blocks_per_replica=s.index_max_blocks_per_replica)
     secret = read_secret(s.replica_secret_file).encode() if s.replica_secret_file else b""
     if not secret:
         log.warning("replicas_unauthenticated", hint="give --replica-secret-file")

@@ -27,14 +27,16 @@ def _children_alive(pattern: str) -> list[str]:
     return [ln for ln in out.splitlines() if "pgrep" not in ln]
 
 
-def test_up_serves_the_default_deployment_and_stops_cleanly(tmp_path: Path, tiny_model: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["--nats-tls"]], ids=["default", "nats-tls"])
+def test_up_serves_the_default_deployment_and_stops_cleanly(
+        tmp_path: Path, tiny_model: Path, extra: list[str]) -> None:
     state = tmp_path / "state"
     (state / "models").mkdir(parents=True)
     (state / "models" / "tiny-llama").symlink_to(tiny_model)
     ports = [str(free_port()) for _ in range(4)]
     cmd = [sys.executable, "-m", "basalt_cli", "up", "--engine", "sim", "--state-dir", str(state),
            "--nats-port", ports[0], "--http-port", ports[1], "--grpc-port", ports[2],
-           "--mcm-port", ports[3]]
+           "--mcm-port", ports[3], *extra]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines: list[str] = []

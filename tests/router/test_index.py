@@ -311,3 +311,16 @@ def test_random_event_streams_match_a_plain_model() -> None:
         open_counts.add(len(open_replicas))
     assert index.stats().blocks == sum(len(b) for b in held.values())
     assert min(open_counts) <= 2 and max(open_counts) >= 6  # both match paths were used
+
+
+def test_a_replica_past_the_cap_loses_its_oldest_blocks_never_grows_past_it() -> None:
+    index = PrefixIndex(max_blocks_per_replica=8)
+    prompts = [list(range(1000 * k, 1000 * k + 4 * BS)) for k in range(1, 6)]  # 5 x 4 blocks
+    for seq, p in enumerate(prompts):
+        index.apply(batch("r1", seq, A.stored(p, 0, 4)))
+        index.apply(batch("r2", seq, B.stored(p, 0, 1)))
+    stats = index.stats()
+    assert stats.blocks == 8 + 5, "r1 kept at its cap; r2 (under it) untouched"
+    assert stats.evicted_blocks == 12
+    assert index.match(own(prompts[-1])) == {R1: 4, R2: 1}, "the newest stay"
+    assert index.match(own(prompts[0])) == {R2: 1}, "the oldest went"

@@ -26,6 +26,10 @@ Sequencing per replica (epoch, seq), with `floor` = the seq of the last dump app
   floor < seq < last        -> seq went backwards: drop its entries; apply; need_dump
 need_dump then stays set on every result for that replica until `apply_dump` (or a fresh
 start at seq 0 in a new epoch), so an adapter whose dump call failed tries again.
+
+Bounded: a replica holds at most `max_blocks_per_replica` entries; past it, its oldest
+entries are evicted (counted in `evicted_blocks`), so no stream of events, true or forged,
+grows the index without limit.
 """
 
 from __future__ import annotations
@@ -49,7 +53,10 @@ from services.router.core.index_records import (
 )
 from services.router.core.types import ApplyResult, IndexStats, OwnBlockHash
 
-__all__ = ["ApplyResult", "IndexStats", "PrefixIndex"]
+__all__ = ["DEFAULT_MAX_BLOCKS_PER_REPLICA", "ApplyResult", "IndexStats", "PrefixIndex"]
+
+# 2^18 blocks is 4M tokens at block size 16: more than any one replica's KV cache today.
+DEFAULT_MAX_BLOCKS_PER_REPLICA = 1 << 18
 
 
 class PrefixIndex:
@@ -61,6 +68,7 @@ class PrefixIndex:
         "_entries",
         "_free_slots",
         "_hasher",
+        "_max_blocks",
         "_masks",
         "_n",
         "_open",
@@ -70,7 +78,11 @@ class PrefixIndex:
         "_slot_ids",
     )
 
-    def __init__(self, seed: int = 0, hash_fn: HasherFactory = default_hasher) -> None:
+    def __init__(self, seed: int = 0, hash_fn: HasherFactory = default_hasher,
+                 max_blocks_per_replica: int = DEFAULT_MAX_BLOCKS_PER_REPLICA) -> None:
+        if max_blocks_per_replica < 1:
+            raise ValueError("max_blocks_per_replica must be at least 1")
+        self._max_blocks = max_blocks_per_replica
         self._hasher = BlockHasher(seed, hash_fn)
         self._masks: dict[OwnBlockHash, int] = {}
         # own hash -> own hash of its parent, for every indexed block that has one.
@@ -231,6 +243,7 @@ class PrefixIndex:
             stale_batches=n.stale_batches,
             resets=n.resets,
             dumps_requested=n.dumps_requested,
+            evicted_blocks=n.evicted_blocks,
             open_replicas=self._open.bit_count(),
             memory_bytes=memory_estimate(self._masks, self._parent, self._replicas.values()),
         )
@@ -328,6 +341,11 @@ class PrefixIndex:
                     self._set_orphans(rep, rep.orphans - adopted)
             parent = oh
         self._entries += added
+        over = len(e2o) - self._max_blocks
+        if over > 0:
+            oldest = [eh for eh, _ in zip(e2o, range(over))]
+            self._remove(rep, oldest, ApplyTally())
+            self._n.evicted_blocks += over
 
     def _remove(self, rep: IndexedReplica, engine_hashes: Sequence[int], tally: ApplyTally) -> None:
         e2o = rep.engine_to_own

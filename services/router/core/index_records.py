@@ -39,6 +39,7 @@ class IndexCounters:
 
     skipped_blocks: int = 0
     skipped_events: int = 0
+    evicted_blocks: int = 0
     unknown_removals: int = 0
     stale_batches: int = 0
     resets: int = 0

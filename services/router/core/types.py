@@ -179,3 +179,5 @@ class IndexStats:
     # Replicas holding a block whose parent they lost (matched block by block, slower).
     open_replicas: int
     memory_bytes: int
+    # Entries evicted because a replica was past the per-replica cap.
+    evicted_blocks: int = 0
