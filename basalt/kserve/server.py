@@ -24,9 +24,12 @@ Resp = TypeVar("Resp")
 async def interleave(
     requests: AsyncIterator[Req],
     handle: Callable[[Req, Callable[[Resp], None]], Coroutine[Any, Any, None]],
+    max_in_flight: int = 64,
 ) -> AsyncGenerator[Resp, None]:
     """Run `handle(request, emit)` as a task for each request as it arrives; yield what the
     handlers emit, in the order they emit it, until the requests end and every handler is done.
+    At most `max_in_flight` handlers run at once: the next request is read only when one ends
+    (backpressure on the stream, so one connection cannot start unbounded work).
     Closing (or cancelling) this generator cancels the reader and every handler."""
     queue: asyncio.Queue[Resp | None] = asyncio.Queue()
     tasks: set[asyncio.Task[None]] = set()
@@ -34,6 +37,8 @@ async def interleave(
     async def read() -> None:
         try:
             async for req in requests:
+                while len(tasks) >= max_in_flight:
+                    await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
                 task = asyncio.create_task(handle(req, queue.put_nowait))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)

@@ -27,6 +27,7 @@ class RouterSettings(ServiceSettings):
     deployments_file: str = Field("", description="YAML deployments file to serve besides the control plane's deployments.")
     auth: bool = Field(False, description="Require an API key (`basalt keys create`) on every route but /health.")
     replica_secret_file: str = Field("", description="The platform secret (0600 file) the replicas' credentials derive from, the control plane's same file: calls to a replica carry its credential, and replica records, load reports and KV events not signed by the replica they name are dropped. Empty: neither (loopback tests only).")
+    max_streams_per_connection: int = Field(100, ge=1, le=10_000, description="KServe gRPC door: concurrent calls per HTTP/2 connection.")
     index_max_blocks_per_replica: int = Field(1 << 18, ge=1, description="Most KV blocks the prefix index holds per replica; past it the oldest are evicted.")
     overlap_weight: float = Field(4.0, ge=0, description="kv policy: cost of one block to prefill, relative to one block of decode load.")
     busy_kv_usage: float = Field(0.95, gt=0, le=1, description="A replica with KV usage above this takes no new requests.")

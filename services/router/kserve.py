@@ -339,7 +339,10 @@ async def start_kserve_server(
 ) -> int:  # fmt: skip
     """Start the KServe v2 gRPC server on settings.grpc_host:grpc_port; returns the bound port."""
     interceptors = [ApiKeyInterceptor(verifier)] if verifier is not None else []
-    server = grpc.aio.server(interceptors=interceptors)
+    # Per HTTP/2 connection: at most this many calls at once (ModelStreamInfer also bounds
+    # the requests in flight on one stream, basalt.kserve.server.interleave).
+    options = [("grpc.max_concurrent_streams", int(getattr(settings, "max_streams_per_connection", 100)))]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     servicer = RouterKServeServicer(
         table, dispatcher, tokenizers,
         getattr(settings, "region_header", "x-basalt-region"),

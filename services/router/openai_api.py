@@ -41,6 +41,10 @@ FINISH = {runtime_pb2.FINISH_REASON_STOP: "stop", runtime_pb2.FINISH_REASON_LENG
 OPEN_PATHS = ("/health",)
 DEFAULT_CHAT_MAX_TOKENS = 256
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+# No tokenizer makes a token of more characters than this in practice (English averages 4):
+# a prompt longer than this many characters per context token cannot fit, and is refused
+# before it is tokenized (which costs seconds for megabytes).
+MAX_CHARS_PER_TOKEN = 32
 
 
 @dataclass(slots=True)
@@ -119,6 +123,7 @@ def create_app(state: AppState) -> FastAPI:
         route = _resolve(state, body.model, request=request)
         tok = await state.tokenizers.get(route.deployment)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        _check_length(state, route, "messages", sum(len(m["content"]) for m in messages))
         # Off the event loop: a long prompt must not stall every other stream and /health.
         prompt = await asyncio.to_thread(tok.apply_chat_template, messages)
         max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_CHAT_MAX_TOKENS
@@ -132,6 +137,7 @@ def create_app(state: AppState) -> FastAPI:
         except ValueError as e:
             raise BadRequest(str(e)) from None
         tok = await state.tokenizers.get(route.deployment)
+        _check_length(state, route, "prompt", len(prompt_in))
         prompt = (await asyncio.to_thread(tok.encode, prompt_in) if isinstance(prompt_in, str)
                   else list(prompt_in))
         if not prompt:
@@ -165,6 +171,15 @@ def create_app(state: AppState) -> FastAPI:
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
 
     return app
+
+
+def _check_length(state: AppState, route: Route, field_name: str, chars: int) -> None:
+    """The cheap check before tokenizing: `chars` characters (or token ids) cannot fit a
+    context of the deployment's max_model_len tokens."""
+    limit = state.dispatcher.fleet.max_model_len(route.deployment_id)
+    if limit and chars > limit * MAX_CHARS_PER_TOKEN:
+        raise BadRequest(f"{field_name}: {chars} characters cannot fit the model's context of "
+                         f"{limit} tokens")
 
 
 def _released_after(response: Response, release: Any) -> Response:

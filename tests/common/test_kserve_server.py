@@ -47,3 +47,20 @@ async def test_closing_the_stream_cancels_the_handlers() -> None:
     await stream.aclose()
     await asyncio.sleep(0)
     assert sorted(cancelled) == ["a", "b"]
+
+
+async def test_at_most_max_in_flight_handlers_run_on_one_stream() -> None:
+    running, peak = 0, 0
+
+    async def handle(req: str, emit: Callable[[str], None]) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        emit(req)
+
+    reqs = [str(i) for i in range(10)]
+    out = [r async for r in interleave(_requests(*reqs), handle, max_in_flight=3)]
+    assert sorted(out) == sorted(reqs), "every request is served, in turn"
+    assert peak == 3

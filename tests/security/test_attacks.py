@@ -399,3 +399,47 @@ def test_basalt_keys_list_shows_scopes_without_secrets(stack: Stack) -> None:
     assert out.returncode == 0, out.stderr
     assert "management" in out.stdout and "inference" in out.stdout
     assert stack.key.split(".", 1)[1] not in out.stdout
+
+
+# -- bounded input on the HTTP door ----------------------------------------------------------
+
+
+def test_failed_requests_do_not_break_the_next_on_the_same_connection(stack: Stack) -> None:
+    """One keep-alive connection (http.client reuses it): bad JSON, wrong types, integers past
+    their wire range and an unknown model each get a 4xx, and the connection serves on."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    host = urlsplit(stack.http)
+    conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+    headers = {"Authorization": f"Bearer {stack.key}", "Content-Type": "application/json"}
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    bad = [b"{not json", json.dumps({**chat, "max_tokens": "many"}).encode(),
+           json.dumps({**chat, "max_tokens": 2**40}).encode(),
+           json.dumps({**chat, "seed": -(2**70)}).encode(),
+           json.dumps({**chat, "model": "no-such-model"}).encode()]
+    try:
+        conn.connect()
+        sock = conn.sock
+        for body in [*bad, json.dumps(chat).encode()]:
+            conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+            r = conn.getresponse()
+            payload = json.loads(r.read())
+            if body in bad:
+                assert 400 <= r.status < 500, (body, r.status, payload)
+                assert set(payload["error"]) >= {"message", "type"}
+            else:
+                assert r.status == 200, payload
+            assert conn.sock is sock, "the connection was closed after a failed request"
+    finally:
+        conn.close()
+
+
+def test_a_prompt_too_long_for_the_context_is_refused_before_tokenizing(stack: Stack) -> None:
+    body = {"model": MODEL, "prompt": "word " * 20_000, "max_tokens": 1}  # 100k chars, 1024 ctx
+    t0 = time.monotonic()
+    r = httpx.post(f"{stack.http}/v1/completions", json=body, timeout=30,
+                   headers={"Authorization": f"Bearer {stack.key}"})
+    assert r.status_code == 400, r.text
+    assert "cannot fit the model's context of 1024 tokens" in r.json()["error"]["message"]
+    assert time.monotonic() - t0 < 5

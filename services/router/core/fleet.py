@@ -93,6 +93,11 @@ class Fleet:
         state = self._replicas.get(replica_id)
         return state.record.deployment if state else None
 
+    def max_model_len(self, deployment_id: str) -> int:
+        """The longest prompt + output any replica of the deployment accepts (0: unknown)."""
+        return max((s.record.max_model_len for s in self._replicas.values()
+                    if s.record.deployment == deployment_id), default=0)
+
     def candidates(self, deployment_id: str, now: float) -> list[Candidate]:
         """READY replicas of a deployment, with load = last report + work routed since."""
         out = []
