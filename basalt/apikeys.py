@@ -60,7 +60,7 @@ def record_for(key_id: str, key: str, name: str, scope: int = INFERENCE, *,
                rate_per_s: float = 0.0, max_concurrency: int = 0,
                now: float | None = None) -> Record:
     return Record(key_id=key_id, sha256=digest(key), name=name,
-                  created_ts=time.time() if now is None else now, scope=scope,
+                  created_ts=time.time() if now is None else now, scope=deploy_pb2.KeyScope.ValueType(scope),
                   models=models or [], expires_ts=expires_ts, rate_per_s=rate_per_s,
                   max_concurrency=max_concurrency)
 

@@ -17,13 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from nats.js.kv import KeyValue
 
 from basalt import bus
 from basalt.ids import ReplicaId
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2
-from basalt.replicaauth import replica_token
+from basalt.replicaauth import replica_token, verify
 from services.mcm.core.blocklist import Blocklist
 from services.mcm.core.errors import PlacementError, ProviderError
 from services.mcm.core.inventory import Cluster, DeploymentId
@@ -94,10 +95,22 @@ def launch_request(rec: deploy_pb2.DeploymentRecord, action: Launch, owner: str,
     )
 
 
-async def read_replicas(kv: KeyValue) -> dict[ReplicaId, events_pb2.ReplicaRecord]:
-    """Every replica record in the bucket (expired and deleted ones are absent)."""
-    items = await bus.kv_items(kv)
-    return {ReplicaId(k): events_pb2.ReplicaRecord.FromString(v) for k, v in items.items()}
+async def read_replicas(kv: KeyValue, secret: bytes = b"") -> dict[ReplicaId, events_pb2.ReplicaRecord]:
+    """Every replica record in the bucket (expired and deleted ones are absent). With the
+    platform secret, a record not signed by the replica it names (or under another key, or
+    unreadable) is left out: a forged record must not count as capacity."""
+    out = {}
+    for key, value in (await bus.kv_items(kv)).items():
+        try:
+            rec = events_pb2.ReplicaRecord.FromString(value)
+        except DecodeError:
+            log.warning("bad_replica_record", key=key)
+            continue
+        if secret and (rec.replica_id != key or not verify(secret, key, rec)):
+            log.warning("unauthentic_replica_record", key=key[:80])
+            continue
+        out[ReplicaId(key)] = rec
+    return out
 
 
 class Reconciler:
@@ -156,7 +169,7 @@ class Reconciler:
         # Before any await: see `_observe`.
         launching, launched = list(self._launching.values()), dict(self._launched)
         deployments = {DeploymentId(r.id): r for r in await self.store.list()}
-        records = await read_replicas(self.replicas)
+        records = await read_replicas(self.replicas, self.settings.replica_secret)
         handles = await self.provider.list_owned(self.owner)
         now = self._clock() if now is None else now
         clusters = self.provider.clusters()
