@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -23,6 +24,16 @@ log = get_logger(__name__)
 
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+# How many NATS nodes keep each bucket and stream this process creates; `basalt up
+# --nats-cluster 3` sets 3.
+REPLICAS_ENV = "BASALT_NATS_REPLICAS"
+
+
+def stream_replicas() -> int:
+    try:
+        return max(1, min(5, int(os.environ.get(REPLICAS_ENV, "1"))))
+    except ValueError:
+        return 1
 
 
 class NatsRefused(RuntimeError):
@@ -92,8 +103,9 @@ async def connect(url: str, name: str, auth: NatsAuth | None = None) -> Client:
         extra["tls"] = tls
     # Retried while the server is away (it may start after us); refused credentials are not
     # an outage: the first refusal before connecting ends the attempt.
+    servers = [u.strip() for u in url.split(",") if u.strip()]
     connecting = asyncio.ensure_future(nats.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error,
+        servers if len(servers) > 1 else url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error,
         **extra,
     ))
     waiting = asyncio.ensure_future(refused.wait())
@@ -112,7 +124,7 @@ async def kv_bucket(nc: Client, bucket: str, ttl_s: float | None = None) -> KeyV
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
-        cfg = KeyValueConfig(bucket=bucket, history=1, ttl=ttl_s)
+        cfg = KeyValueConfig(bucket=bucket, history=1, ttl=ttl_s, replicas=stream_replicas())
         return await js.create_key_value(cfg)
 
 

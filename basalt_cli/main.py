@@ -127,7 +127,7 @@ def _key_table(records: list, now: float) -> str:
 
 def _bench(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
-        print("usage: basalt bench {runtime,index,routing} [--help]")
+        print("usage: basalt bench {runtime,index,routing,chaos} [--help]")
         return 0 if args else 2
     name, rest = args[0], args[1:]
     if name == "runtime":
@@ -136,6 +136,8 @@ def _bench(args: list[str]) -> int:
         from bench.index_micro import main as bench_main
     elif name == "routing":
         from bench.routing import main as bench_main
+    elif name == "chaos":
+        from bench.chaos import main as bench_main
     else:
         print(f"basalt bench: unknown benchmark {name!r}", file=sys.stderr)
         return 2

@@ -17,10 +17,12 @@ from pathlib import Path
 
 from basalt import bus
 from basalt.secretfiles import write_private
-from basalt_tools.natsserver import NatsServer
+from basalt_tools.natsserver import NatsCluster, NatsServer
 from basalt_tools.tlsfiles import make_tls_files
 
 REPO = Path(__file__).resolve().parent.parent
+# How many nodes hold each KV bucket and the scale stream (read where they are created).
+NATS_REPLICAS_ENV = "BASALT_NATS_REPLICAS"
 DEPLOY = {"vllm": REPO / "deploy" / "local" / "tiny.yaml",
           "sim": REPO / "deploy" / "local" / "tiny-sim.yaml"}
 
@@ -29,7 +31,7 @@ DEPLOY = {"vllm": REPO / "deploy" / "local" / "tiny.yaml",
 class Stack:
     state: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    nats: NatsServer | None = None
+    nats: NatsServer | NatsCluster | None = None
 
     @property
     def logs(self) -> Path:
@@ -74,7 +76,12 @@ def _args(argv: list[str]) -> argparse.Namespace:
                    help="vllm (the tiny model on vLLM's CPU build) or sim (the simulator)")
     p.add_argument("--deployment-file", type=Path, help="deploy this file instead of the default")
     p.add_argument("--state-dir", type=Path, default=REPO / ".basalt", help="logs and NATS data")
-    p.add_argument("--nats-port", type=int, default=4222)
+    p.add_argument("--nats-port", type=int, default=4222,
+                   help="NATS client port (of node 0 with --nats-cluster)")
+    p.add_argument("--nats-cluster", type=int, default=1, metavar="N",
+                   help="run N nats-server nodes as one JetStream cluster on loopback (their "
+                        "stores in <state-dir>/nats/node-<i>); with N >= 3 the buckets and the "
+                        "scale stream are replicated on 3 nodes (default 1: one server)")
     p.add_argument("--http-port", type=int, default=8000, help="the router's OpenAI HTTP port")
     p.add_argument("--grpc-port", type=int, default=8001, help="the router's KServe v2 gRPC port")
     p.add_argument("--mcm-port", type=int, default=8081, help="the deployments API port")
@@ -144,9 +151,19 @@ def main(argv: list[str]) -> int:
     try:
         secrets_dir = state / "secrets"
         tls = make_tls_files(secrets_dir / "tls") if ns.nats_tls else None
-        stack.nats = NatsServer(store_dir=state / "nats", port=ns.nats_port,
-                                log_file=state / "logs" / "nats.log",
-                                creds_dir=secrets_dir / "nats", tls=tls)
+        if ns.nats_cluster < 1:
+            raise SystemExit("--nats-cluster must be at least 1")
+        if ns.nats_cluster == 1:
+            stack.nats = NatsServer(store_dir=state / "nats", port=ns.nats_port,
+                                    log_file=state / "logs" / "nats.log",
+                                    creds_dir=secrets_dir / "nats", tls=tls)
+        else:
+            stack.nats = NatsCluster(store_dir=state / "nats", size=ns.nats_cluster,
+                                     port=ns.nats_port, log_dir=state / "logs",
+                                     creds_dir=secrets_dir / "nats", tls=tls)
+            # Buckets and the scale stream are created by whoever opens them first (this
+            # process for the keys, mcm, router, runtimes): all of them read this.
+            os.environ[NATS_REPLICAS_ENV] = str(min(ns.nats_cluster, 3))
         tls_args = ["--nats-tls-ca", tls.ca_file] if tls else []
         (state / "logs").mkdir(parents=True, exist_ok=True)
         stack.nats.start()

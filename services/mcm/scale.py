@@ -53,6 +53,7 @@ async def ensure_stream(js: JetStreamContext) -> None:
         await js.add_stream(StreamConfig(
             name=subjects.SCALE_STREAM, subjects=[subjects.SCALE_ALL], storage=StorageType.FILE,
             max_age=STREAM_MAX_AGE_S, duplicate_window=DUPLICATE_WINDOW_S,
+            num_replicas=bus.stream_replicas(),
         ))
 
 

@@ -38,6 +38,25 @@ def _policy(s: RouterSettings) -> PolicyConfig:
     )
 
 
+async def _preload(watcher: StateWatcher, table: DeploymentTable, tokenizers: Tokenizers) -> None:
+    """Load the tokenizers of the deployments known at start before answering: a restarted
+    router's first requests then do not wait seconds for them (bounded: 20 s in all)."""
+    try:
+        await asyncio.wait_for(watcher.synced.wait(), 5.0)
+    except TimeoutError:
+        return
+    async def load_all() -> None:
+        for dep in table.deployments():
+            try:
+                await tokenizers.get(dep)
+            except Exception as e:  # noqa: BLE001 - a bad path answers per request later
+                log.warning("tokenizer_preload_failed", deployment=dep.id, error=str(e))
+    try:
+        await asyncio.wait_for(load_all(), 20.0)
+    except TimeoutError:
+        log.warning("tokenizer_preload_slow")
+
+
 async def run(s: RouterSettings) -> int:
     nc = await bus.connect(s.nats_url, name="router", auth=s.nats_auth())
     table = DeploymentTable()
@@ -66,6 +85,7 @@ async def run(s: RouterSettings) -> int:
     if s.auth:
         verifier = apikeys.KeyVerifier(await bus.kv_bucket(nc, subjects.API_KEYS_BUCKET))
     tokenizers = Tokenizers()
+    await _preload(watcher, table, tokenizers)
     app = create_app(AppState(table, dispatcher, tokenizers, verifier,
                               s.region_header.lower(), s.session_header.lower(),
                               s.max_body_bytes))

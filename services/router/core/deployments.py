@@ -44,6 +44,9 @@ class DeploymentTable:
     def remove_environment(self, model: str, name: str) -> None:
         self._environments.pop((model, name), None)
 
+    def deployments(self) -> list[deploy_pb2.DeploymentRecord]:
+        return list(self._deployments.values())
+
     def get(self, deployment_id: str) -> deploy_pb2.DeploymentRecord | None:
         return self._deployments.get(deployment_id)
 
