@@ -66,7 +66,8 @@ def record_for(key_id: str, key: str, name: str, scope: int = INFERENCE, *,
 
 
 def matches(record: Record, key: str) -> bool:
-    return hmac.compare_digest(record.sha256, digest(key))
+    # As bytes: compare_digest refuses non-ASCII str, and a stored hash is data, not trusted.
+    return hmac.compare_digest(record.sha256.encode(), digest(key).encode())
 
 
 def allows(record: Record, scope: int, now: float) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -27,6 +28,14 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 # How many NATS nodes keep each bucket and stream this process creates; `basalt up
 # --nats-cluster 3` sets 3.
 REPLICAS_ENV = "BASALT_NATS_REPLICAS"
+
+
+_KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
+
+
+def valid_key(key: str) -> bool:
+    """Whether `key` can name a JetStream KV entry (nats-py refuses others before any I/O)."""
+    return bool(_KV_KEY.fullmatch(key)) and not key.startswith(".") and not key.endswith(".")
 
 
 def stream_replicas() -> int:

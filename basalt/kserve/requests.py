@@ -10,6 +10,7 @@ tritonclient: both register the same `inference.*` protobuf symbols.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -183,7 +184,7 @@ def _coerce(name: str, v: Any, kind: type) -> Any:
     elif kind is int and not isinstance(v, bool):
         if isinstance(v, int) or (isinstance(v, float) and v.is_integer()):
             return int(v)
-        if text is not None and text.lstrip("-").isdigit():
+        if text is not None and re.fullmatch(r"-?[0-9]{1,19}", text):
             return int(text)
     elif kind is float and not isinstance(v, bool):
         try:
@@ -237,7 +238,7 @@ def _sampling_parameters_json(t: Tensor) -> dict[str, Any]:
     text = _scalar(t, ("BYTES",))
     try:
         doc = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
         raise InvalidInput(f"input 'sampling_parameters' is not JSON: {e}") from e
     if not isinstance(doc, dict):
         raise InvalidInput("input 'sampling_parameters' must be a JSON object")
@@ -286,7 +287,7 @@ def python_payload(req: pb.ModelInferRequest) -> Any:
         text = _scalar(tensors[PYTHON_INPUT], ("BYTES",))
         try:
             return json.loads(text)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
             raise InvalidInput(f"input 'json' is not a JSON document: {e}") from e
     payload: dict[str, Any] = {}
     for name, t in tensors.items():

@@ -26,7 +26,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client
+from nats.js.errors import InvalidKeyError
 from nats.js.kv import KeyValue
 from starlette.exceptions import HTTPException
 
@@ -42,6 +44,7 @@ from services.mcm.core.api_errors import (
     DevelopmentExists,
     EnvironmentExists,
     Forbidden,
+    InvalidId,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
@@ -381,7 +384,13 @@ async def _replicas(ctx: _Ctx) -> list[events_pb2.ReplicaRecord]:
     if ctx.replicas_kv is None:
         ctx.replicas_kv = await bus.replicas_bucket(ctx.nc)
     items = await bus.kv_items(ctx.replicas_kv)
-    return [events_pb2.ReplicaRecord.FromString(v) for v in items.values()]
+    out = []
+    for value in items.values():
+        try:
+            out.append(events_pb2.ReplicaRecord.FromString(value))
+        except DecodeError:
+            continue  # the reconciler logs unreadable records
+    return out
 
 
 # -- errors and auth -----------------------------------------------------------------------
@@ -390,6 +399,7 @@ async def _replicas(ctx: _Ctx) -> list[events_pb2.ReplicaRecord]:
 # The HTTP status of each API error (the most specific class listed wins; others are 500).
 HTTP_STATUS: dict[type[ApiError], int] = {
     InvalidRequest: 422, Unauthorized: 401, Forbidden: 403, NotFound: 404, RouteNotFound: 404,
+    InvalidId: 404,
     MethodNotAllowed: 405, Conflict: 409, ScaleNotApplied: 503,
 }
 
@@ -409,6 +419,11 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, e: ApiError) -> JSONResponse:
         return _json(e)
+
+    @app.exception_handler(InvalidKeyError)
+    async def _invalid_key(request: Request, e: InvalidKeyError) -> JSONResponse:
+        # An id no KV entry can have, met at the store: nothing by that name exists.
+        return _json(InvalidId(str(e.args[0]) if e.args else request.url.path))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:

@@ -157,6 +157,11 @@ class ScaleConsumer:
             log.error("scale_command_unreadable", subject=msg.subject, size=len(msg.data))
             await msg.term()
             return None
+        if not bus.valid_key(cmd.deployment_id):  # no deployment can have it: never applies
+            log.error("scale_command_invalid", subject=msg.subject,
+                      deployment=cmd.deployment_id[:80])
+            await msg.term()
+            return None
         try:
             outcome = await self.apply(cmd)
         except Exception as e:  # noqa: BLE001 - any failed write: redeliver

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import builtins
 from dataclasses import dataclass
+from typing import Any
 
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from basalt import bus, subjects
+from basalt.log import get_logger
 from basalt.pb import deploy_pb2
+
+log = get_logger(__name__)
 
 
 class StoreError(Exception):
@@ -66,7 +71,7 @@ class Store:
 
     async def list(self) -> list[deploy_pb2.DeploymentRecord]:
         items = await bus.kv_items(self.deployments)
-        out = [deploy_pb2.DeploymentRecord.FromString(v) for v in items.values()]
+        out = _decoded(deploy_pb2.DeploymentRecord, items, self.deployments)
         return sorted(out, key=lambda r: (r.model, r.created_ts, r.id))
 
     async def create(self, record: deploy_pb2.DeploymentRecord) -> int:
@@ -106,7 +111,7 @@ class Store:
 
     async def list_environments(self) -> builtins.list[deploy_pb2.EnvironmentRecord]:
         items = await bus.kv_items(self.environments)
-        out = [deploy_pb2.EnvironmentRecord.FromString(v) for v in items.values()]
+        out = _decoded(deploy_pb2.EnvironmentRecord, items, self.environments)
         return sorted(out, key=lambda r: (r.model, r.name))
 
     async def put_environment(self, rec: deploy_pb2.EnvironmentRecord) -> None:
@@ -114,3 +119,15 @@ class Store:
 
     async def delete_environment(self, model: str, name: str) -> None:
         await self.environments.delete(env_key(model, name))
+
+
+def _decoded(cls: Any, items: dict[str, bytes], bucket: KeyValue) -> list[Any]:
+    """The records that decode; an unreadable one is logged and left out (one bad record
+    must not stop every listing and reconcile tick)."""
+    out = []
+    for key, value in items.items():
+        try:
+            out.append(cls.FromString(value))
+        except DecodeError:
+            log.warning("unreadable_record", bucket=bucket._name, key=key[:80])
+    return out

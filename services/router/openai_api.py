@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from basalt.apikeys import KeyStoreUnavailable, KeyVerifier, allows_model, key_from_header
 from basalt.log import bind_request_id, clear_request_id, get_logger
@@ -72,6 +73,16 @@ def create_app(state: AppState) -> FastAPI:
     @app.exception_handler(RouterError)
     async def _router_error(_: Request, e: RouterError) -> JSONResponse:
         return _error(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own refusals (a body it cannot decode, no such route or method) in the
+        OpenAI error shape, with their status."""
+        kind = "invalid_request_error" if e.status_code < 500 else "server_error"
+        body = {"error": {"message": str(e.detail), "type": kind, "param": None,
+                          "code": {404: "not_found", 405: "method_not_allowed"}.get(
+                              e.status_code)}}
+        return JSONResponse(body, status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -151,7 +162,7 @@ def create_app(state: AppState) -> FastAPI:
         raw = await request.body()
         try:
             json.loads(raw or b"null")
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
             raise BadRequest(f"body is not JSON: {e}") from None
         ctx = _context(state, request)
         stream = state.dispatcher.predict(route, raw, ctx)

@@ -26,6 +26,15 @@ log = get_logger(__name__)
 DELETED = ("DEL", "PURGE")
 
 
+def _state_name(state: int) -> str:
+    """A replica state's name; a number for a state this router does not know (a newer
+    runtime's), which it never routes to."""
+    try:
+        return events_pb2.ReplicaState.Name(state)
+    except ValueError:
+        return str(state)
+
+
 class StateWatcher:
     """Keeps fleet, index and deployment table current; `changed()` wakes queued requests."""
 
@@ -100,7 +109,7 @@ class StateWatcher:
             return
         if self.fleet.upsert(rec, time.monotonic()):
             log.info("replica_seen", replica=rec.replica_id, deployment=rec.deployment,
-                     state=events_pb2.ReplicaState.Name(rec.state))
+                     state=_state_name(rec.state))
             self._request_dump(ReplicaId(rec.replica_id))
         self.changed()
 

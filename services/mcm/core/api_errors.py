@@ -54,6 +54,16 @@ def key_allows_path(models: Sequence[str], path: str) -> bool:
                for m in models)
 
 
+class InvalidId(ApiError):
+    """An id in the path or body that no resource can have (not a valid key): nothing by
+    that name exists."""
+
+    type = "not_found_error"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key[:80]!r} names nothing: ids are letters, digits and - / _ = .")
+
+
 class NotFound(ApiError):
     type = "not_found_error"
 
