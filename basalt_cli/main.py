@@ -16,7 +16,7 @@ commands:
   router             run the router (basalt router --help)
   keys create|list|revoke   API keys (stored hashed in NATS KV; shown once)
   make-tiny-model    build the tiny test model (random weights, local tokenizer) into DIR
-  bench              run a benchmark: basalt bench {runtime,index,routing} --help
+  bench              run a benchmark: basalt bench {runtime,index,routing,chaos} --help
   up                 start the local stack (basalt up --help)
   mcm                run the control plane (basalt mcm --help)
   deploy FILE        create or update the deployments in a file
