@@ -268,7 +268,10 @@ def test_failover_when_a_replica_is_killed_under_load(nats_server: NatsServer, t
         results = asyncio.run(load())
         ok = [r for r in results if r.status_code == 200]
         failed = [r for r in results if r.status_code != 200]
-        assert len(ok) >= 20, [r.text for r in failed]
+        # Round robin: half went to fo-b and all of those succeed, as do fo-a's that had not
+        # started streaming (retried on fo-b); how many of fo-a's had started depends on the
+        # machine's load at the kill, so only that half is a floor.
+        assert len(ok) >= 15, [r.text for r in failed]
         for r in failed:  # only requests already streaming may fail, and say why
             assert r.json()["error"]["type"] in ("replica_error", "service_unavailable")
         after = [_served_by(router, "fo", f"after {i}")[0] for i in range(4)]
