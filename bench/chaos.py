@@ -43,7 +43,7 @@ import httpx
 
 from basalt import apikeys, bus, subjects
 from basalt.pb import events_pb2
-from basalt_tools.natsserver import free_port
+from basalt_tools.natsserver import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "tiny-llama"
@@ -85,7 +85,7 @@ class Up:
         link = self.state / "models" / "tiny-llama"
         if not link.exists():
             link.symlink_to(model)
-        self.ports = [free_port() for _ in range(4)]
+        self.ports = free_ports(4)
         cmd = [sys.executable, "-m", "basalt_cli", "up", "--engine", "sim",
                "--state-dir", str(self.state), "--nats-port", str(self.ports[0]),
                "--http-port", str(self.ports[1]), "--grpc-port", str(self.ports[2]),

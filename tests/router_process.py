@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from basalt_tools.natsserver import free_port
+from basalt_tools.natsserver import free_ports
 from tests.service_process import ServiceProcess
 
 
@@ -34,8 +34,9 @@ class RouterProcess(ServiceProcess):
         self.workdir.mkdir(parents=True, exist_ok=True)
         ready = self.workdir / f"{self.name}.ready.json"
         ready.unlink(missing_ok=True)
-        args = ["--nats-url", self.nats_url, "--http-port", str(free_port()),
-                "--grpc-port", str(free_port()), "--ready-file", str(ready), *self.extra]
+        http_port, grpc_port = free_ports(2)
+        args = ["--nats-url", self.nats_url, "--http-port", str(http_port),
+                "--grpc-port", str(grpc_port), "--ready-file", str(ready), *self.extra]
         if self.deployments_file:
             args += ["--deployments-file", str(self.deployments_file)]
         self._spawn("services.router", args)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from basalt_tools.natsserver import free_port
+from basalt_tools.natsserver import free_ports
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def test_up_serves_the_default_deployment_and_stops_cleanly(
     state = tmp_path / "state"
     (state / "models").mkdir(parents=True)
     (state / "models" / "tiny-llama").symlink_to(tiny_model)
-    ports = [str(free_port()) for _ in range(4)]
+    ports = [str(p) for p in free_ports(4)]
     cmd = [sys.executable, "-m", "basalt_cli", "up", "--engine", "sim", "--state-dir", str(state),
            "--nats-port", ports[0], "--http-port", ports[1], "--grpc-port", ports[2],
            "--mcm-port", ports[3], *extra]

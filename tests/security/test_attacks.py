@@ -34,7 +34,7 @@ from basalt.pb import (
     runtime_pb2,
     runtime_pb2_grpc,
 )
-from basalt_tools.natsserver import free_port
+from basalt_tools.natsserver import free_ports
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
     state = tmp_path_factory.mktemp("secure") / "state"
     (state / "models").mkdir(parents=True)
     (state / "models" / "tiny-llama").symlink_to(tiny_model)
-    ports = [free_port() for _ in range(4)]
+    ports = free_ports(4)
     cmd = [sys.executable, "-m", "basalt_cli", "up", "--engine", "sim", "--state-dir", str(state),
            "--nats-port", str(ports[0]), "--http-port", str(ports[1]),
            "--grpc-port", str(ports[2]), "--mcm-port", str(ports[3])]
