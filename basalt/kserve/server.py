@@ -79,3 +79,22 @@ def log_failure(request_id: str, code: grpc.StatusCode, message: str,
 
 # What a client is told of a failure the server did not expect; the log has the exception.
 INTERNAL_MESSAGE = "internal error; the service's log has the details (search for the request id)"
+
+
+def refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
+             message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that ends the call with `code` and
+    `message`, doing nothing: what a server interceptor returns to refuse a call."""
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    kw = {"request_deserializer": handler.request_deserializer,
+          "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, **kw)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse, **kw)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, **kw)
+    return grpc.stream_stream_rpc_method_handler(refuse, **kw)

@@ -28,7 +28,13 @@ from grpc_reflection.v1alpha import reflection
 from basalt.apikeys import KeyStoreUnavailable, KeyVerifier, allows_model, key_from_header
 from basalt.kserve import codec
 from basalt.kserve.codec import InvalidInput, Response
-from basalt.kserve.server import INTERNAL_MESSAGE, closing_stream, interleave, log_failure
+from basalt.kserve.server import (
+    INTERNAL_MESSAGE,
+    closing_stream,
+    interleave,
+    log_failure,
+    refusing,
+)
 from basalt.log import get_logger
 from basalt.pb import kserve_pb2 as pb
 from basalt.pb import kserve_pb2_grpc, runtime_pb2
@@ -38,11 +44,10 @@ from services.router.core.errors import (
     BadRequest,
     Forbidden,
     ModelNotFound,
-    RateLimited,
     RouterError,
     Unauthorized,
 )
-from services.router.core.ratelimit import KeyLimits, retry_after_header
+from services.router.core.ratelimit import KeyLimits
 from services.router.status_codes import grpc_code
 
 from .dispatch import Dispatcher, RequestContext
@@ -203,11 +208,10 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
             raise Unauthorized("missing, invalid or expired API key")
         if not allows_model(rec, route.deployment.model):
             raise Forbidden(route.deployment.model)
-        wait = self.limits.admit(rec.key_id, rec.rate_per_s, rec.max_concurrency,
-                                 time.monotonic())
-        if wait is not None:
-            raise RateLimited(f"API key {rec.key_id} is over its limit; retry in "
-                              f"{retry_after_header(wait)} s", wait)
+        over = self.limits.refusal(rec.key_id, rec.rate_per_s, rec.max_concurrency,
+                                   time.monotonic())
+        if over is not None:
+            raise over
         return rec.key_id
 
     async def _served(
@@ -261,22 +265,7 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 def _refusing(handler: grpc.RpcMethodHandler, error: RouterError) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that ends the call with `error`, doing nothing."""
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc_code(error), error.message)
-
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse, **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(refuse, **kwargs)
+    return refusing(handler, grpc_code(error), error.message)
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):

@@ -103,12 +103,10 @@ def create_app(state: AppState) -> FastAPI:
         if rec is None:
             return _error(Unauthorized("missing, invalid or expired API key (an inference "
                                        "key is needed here)"))
-        wait = state.limits.admit(rec.key_id, rec.rate_per_s, rec.max_concurrency,
-                                  time.monotonic())
-        if wait is not None:
-            return _error(RateLimited(f"API key {rec.key_id} is over its limit of "
-                                      f"{rec.rate_per_s:g} requests/s or {rec.max_concurrency} "
-                                      "in flight", wait))
+        over = state.limits.refusal(rec.key_id, rec.rate_per_s, rec.max_concurrency,
+                                    time.monotonic())
+        if over is not None:
+            return _error(over)
         request.state.api_key = rec
         try:
             response = await call_next(request)

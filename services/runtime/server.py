@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from basalt.kserve.server import refusing
 from basalt.kvevents import stored_to_proto
 from basalt.log import bind_request_id, clear_request_id, get_logger
 from basalt.pb import events_pb2, runtime_pb2, runtime_pb2_grpc
@@ -183,24 +184,6 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
-def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that answers UNAUTHENTICATED."""
-
-    async def refuse(_request: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                            "this replica answers only the platform (missing or wrong credential)")
-
-    kw = {"request_deserializer": handler.request_deserializer,
-          "response_serializer": handler.response_serializer}
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse, **kw)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse, **kw)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse, **kw)
-    return grpc.stream_stream_rpc_method_handler(refuse, **kw)
-
-
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Every RPC but health needs `authorization: Bearer <this replica's token>`: the router
     and the control plane derive it from the platform secret; nobody else has it."""
@@ -218,4 +201,5 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         if token_matches(self.token, given):
             return handler
         log.info("runtime_unauthenticated", method=details.method, credential_given=bool(given))
-        return _refusing(handler)
+        return refusing(handler, grpc.StatusCode.UNAUTHENTICATED,
+                        "this replica answers only the platform (missing or wrong credential)")

@@ -14,6 +14,8 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from services.router.core.errors import RateLimited
+
 BURST_S = 2.0
 
 
@@ -58,6 +60,16 @@ class KeyLimits:
             st.tokens -= 1.0
         st.inflight += 1
         return None
+
+    def refusal(self, key_id: str, rate_per_s: float, max_concurrency: int,
+                now: float) -> RateLimited | None:
+        """`admit`, as the error both doors answer with when the key is over a limit."""
+        wait = self.admit(key_id, rate_per_s, max_concurrency, now)
+        if wait is None:
+            return None
+        return RateLimited(f"API key {key_id} is over its limit of {rate_per_s:g} requests/s "
+                           f"or {max_concurrency} in flight; retry in "
+                           f"{retry_after_header(wait)} s", wait)
 
     def release(self, key_id: str) -> None:
         st = self._keys.get(key_id)
