@@ -25,6 +25,15 @@ class Autoscaling(BaseModel):
     scale_down_delay: int = Field(900, ge=0, le=3600)
     concurrency_target: int = Field(1, ge=1, le=1_000_000)
     target_utilization_percentage: int = Field(70, ge=1, le=100)
+    # basalt's additions (services/autoscaler/core/settings.py says what each does).
+    target_in_flight_tokens: int = Field(0, ge=0, le=100_000_000)
+    scaling_mode: Literal["concurrency", "sla"] = "concurrency"
+    panic_window: int = Field(6, ge=0, le=600)
+    panic_threshold_percentage: int = Field(200, ge=110, le=1000)
+    ttft_p90_target_ms: float = Field(0.0, ge=0, le=600_000)
+    itl_p90_target_ms: float = Field(0.0, ge=0, le=60_000)
+    cold_start_lead: bool = True
+    scale_down_step: int = Field(1, ge=1, le=1000)
 
     def to_proto(self) -> deploy_pb2.AutoscalingSettings:
         return deploy_pb2.AutoscalingSettings(**self.model_dump())
@@ -53,7 +62,12 @@ class Deployment(BaseModel):
     queue_limit: int = Field(64, ge=0, le=100_000)
     queue_timeout_s: float = Field(30.0, gt=0, le=3600)
     loras: list[Lora] = Field(default_factory=list)
-    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    # Given: the autoscaler sets the replica count within these settings; absent: the count
+    # is fixed at `replicas` (and `basalt scale`).
+    autoscaling: Autoscaling | None = None
+    request_backpressure_policy: Literal["queue_on_full", "reject_on_full"] = "queue_on_full"
+    parked_limit: int = Field(256, ge=0, le=100_000)
+    parked_timeout_s: float = Field(600.0, gt=0, le=3600)
     replicas: int = Field(1, ge=0, le=1000)
     kind: Literal["development", "published"] = "published"
     active: bool = True
@@ -66,15 +80,21 @@ class Deployment(BaseModel):
             routing_policy=self.routing_policy, queue_limit=self.queue_limit,
             queue_timeout_s=self.queue_timeout_s,
             loras=[deploy_pb2.LoraAdapter(name=x.name, path=x.path) for x in self.loras],
-            autoscaling=self.autoscaling.to_proto(),
+            autoscaling=self.autoscaling.to_proto() if self.autoscaling else None,
+            request_backpressure_policy=self.request_backpressure_policy,
+            parked_limit=self.parked_limit, parked_timeout_s=self.parked_timeout_s,
         )
 
     def to_record(self, created_ts: float = 0.0) -> deploy_pb2.DeploymentRecord:
         status = (deploy_pb2.DEPLOYMENT_STATUS_ACTIVE if self.active
                   else deploy_pb2.DEPLOYMENT_STATUS_INACTIVE)
+        replicas = self.replicas
+        if self.autoscaling is not None:  # start within the autoscaler's bounds
+            lo, hi = self.autoscaling.min_replica, self.autoscaling.max_replica
+            replicas = min(max(replicas, lo), max(hi, lo))
         return deploy_pb2.DeploymentRecord(
             id=self.id, model=self.model, spec=self.spec(), status=status,
-            desired_replicas=self.replicas, kind=self.kind, created_ts=created_ts,
+            desired_replicas=replicas, kind=self.kind, created_ts=created_ts,
         )
 
 

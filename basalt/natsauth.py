@@ -10,6 +10,9 @@ Roles:
   read any bucket, nor another replica's events. That a record or event comes from the
   replica it names is checked by its consumers (basalt/replicaauth.py): a subject
   permission cannot say it with one static user for every replica.
+- `autoscaler`: reads deployments, replica records and applied scale commands; subscribes to
+  request records, load reports, demand reports and wakes; publishes scale commands; writes
+  only its own buckets (decisions and the leader lease).
 - `admin`: key administration (`basalt keys`, `basalt up`): the only writer of API keys;
   reads replica records (for `basalt up`'s wait).
 
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 from basalt import subjects
 
-ROLES = ("mcm", "router", "runtime", "admin")
+ROLES = ("mcm", "router", "runtime", "admin", "autoscaler")
 
 
 def inbox_prefix(public_key: str) -> str:
@@ -75,18 +78,29 @@ def permissions(role: str, public_key: str) -> Permissions:
             *_read_bucket(b.ENVIRONMENTS_BUCKET), *_write_bucket(b.ENVIRONMENTS_BUCKET),
             *_read_bucket(b.SCALE_APPLIED_BUCKET), *_write_bucket(b.SCALE_APPLIED_BUCKET),
             *_read_bucket(b.REPLICAS_BUCKET), *_read_bucket(b.API_KEYS_BUCKET),
-            *_consume_stream(b.SCALE_STREAM), b.SCALE_ALL,
+            *_consume_stream(b.SCALE_STREAM), b.SCALE_ALL, b.WAKE_ALL,
+            *_read_bucket(b.AUTOSCALER_BUCKET),
         ]
         sub: list[str] = []
     elif role == "router":
         pub = [
             *_read_bucket(b.DEPLOYMENTS_BUCKET), *_read_bucket(b.ENVIRONMENTS_BUCKET),
             *_read_bucket(b.REPLICAS_BUCKET), *_read_bucket(b.API_KEYS_BUCKET), b.REQUESTS_ALL,
+            b.DEMAND_ALL, b.WAKE_ALL,
         ]
         sub = [b.KV_EVENTS_ALL, b.LOAD_ALL]
     elif role == "runtime":
         pub = [*_write_bucket(b.REPLICAS_BUCKET), "basalt.kv.*", "basalt.load.*"]
         sub = []
+    elif role == "autoscaler":
+        pub = [
+            *_read_bucket(b.DEPLOYMENTS_BUCKET), *_read_bucket(b.REPLICAS_BUCKET),
+            *_read_bucket(b.SCALE_APPLIED_BUCKET),
+            *_read_bucket(b.AUTOSCALER_BUCKET), *_write_bucket(b.AUTOSCALER_BUCKET),
+            *_read_bucket(b.AUTOSCALER_LEASE_BUCKET), *_write_bucket(b.AUTOSCALER_LEASE_BUCKET),
+            *_stream(b.SCALE_STREAM), b.SCALE_ALL,
+        ]
+        sub = [b.REQUESTS_ALL, b.LOAD_ALL, b.DEMAND_ALL, b.WAKE_ALL]
     elif role == "admin":
         pub = [*_read_bucket(b.API_KEYS_BUCKET), *_write_bucket(b.API_KEYS_BUCKET),
                *_read_bucket(b.REPLICAS_BUCKET)]

@@ -60,3 +60,26 @@ def scale(deployment_id: str) -> str:
 
 def requests(deployment_id: str) -> str:
     return REQUESTS.format(deployment_id=deployment_id)
+
+# -- Autoscaling ---------------------------------------------------------------------------
+
+# DemandReport per deployment from each router, every DEMAND_INTERVAL_S (core NATS).
+DEMAND = "basalt.demand.{deployment_id}"
+DEMAND_ALL = "basalt.demand.>"
+DEMAND_INTERVAL_S = 1.0
+# WakeRequest: a request waits at a deployment with no ready replica (core NATS).
+WAKE = "basalt.wake.{deployment_id}"
+WAKE_ALL = "basalt.wake.>"
+# AutoscalerDecision per deployment, key = deployment id (written by the lease holder).
+AUTOSCALER_BUCKET = "basalt_autoscaler"
+# AutoscalerLease under key "leader": which autoscaler process acts.
+AUTOSCALER_LEASE_BUCKET = "basalt_autoscaler_lease"
+AUTOSCALER_LEASE_KEY = "leader"
+
+
+def demand(deployment_id: str) -> str:
+    return DEMAND.format(deployment_id=deployment_id)
+
+
+def wake(deployment_id: str) -> str:
+    return WAKE.format(deployment_id=deployment_id)

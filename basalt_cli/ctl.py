@@ -1,4 +1,5 @@
-"""The daily CLI against the control plane's API: deploy, status, scale, promote, logs (does I/O)."""
+"""The daily CLI against the control plane's API: deploy, status, scale, wake, promote, logs
+(does I/O)."""
 
 from __future__ import annotations
 
@@ -88,9 +89,12 @@ def status(url: str, key: str | None) -> str:
     with _client(url, key) as c:
         for model in _models(c):
             for d in model["deployments"]:
+                auto = d.get("autoscaler") or {}
+                scaling = ("fixed" if d.get("autoscaling_settings") is None
+                           else auto.get("reason") or "autoscaled")
                 deps.append([d["id"], d["model"], d["spec"].get("engine", ""), d["status"],
                              str(d["desired_replicas"]), str(d["active_replica_count"]),
-                             ",".join(d["environments"]) or "-"])
+                             scaling, ",".join(d["environments"]) or "-"])
                 if not d["replica_count"]:
                     continue
                 detail = _check(c.get(f"/v1/models/{model['name']}/deployments/{d['id']}"))
@@ -98,7 +102,8 @@ def status(url: str, key: str | None) -> str:
                     reps.append([r.get("id", ""), d["id"], r.get("state", ""),
                                  r.get("region", ""), r.get("zone", ""), r.get("cluster", ""),
                                  r.get("grpc_address", "")])
-    out = _table(deps, ["DEPLOYMENT", "MODEL", "ENGINE", "STATUS", "DESIRED", "READY", "ENVIRONMENTS"])
+    out = _table(deps, ["DEPLOYMENT", "MODEL", "ENGINE", "STATUS", "DESIRED", "READY", "SCALING",
+                        "ENVIRONMENTS"])
     if reps:
         out += "\n\n" + _table(reps, ["REPLICA", "DEPLOYMENT", "STATE", "REGION", "ZONE", "CLUSTER", "ADDRESS"])
     return out
@@ -109,6 +114,13 @@ def scale(url: str, key: str | None, deployment_id: str, replicas: int) -> None:
         model = _find_model(c, deployment_id)
         _check(c.post(f"/v1/models/{model}/deployments/{deployment_id}/scale",
                       json={"replicas": replicas}))
+
+
+def wake(url: str, key: str | None, deployment_id: str) -> dict[str, Any]:
+    """Wake a deployment (at zero: scaled to at least one replica now)."""
+    with _client(url, key) as c:
+        model = _find_model(c, deployment_id)
+        return _check(c.post(f"/v1/models/{model}/deployments/{deployment_id}/wake"))
 
 
 def promote(url: str, key: str | None, deployment_id: str, environment: str,
@@ -182,6 +194,8 @@ def main(cmd: str, argv: list[str]) -> int:
     elif cmd == "promote":
         p.add_argument("deployment")
         p.add_argument("--environment", default="production")
+    elif cmd == "wake":
+        p.add_argument("deployment")
     elif cmd == "logs":
         p.add_argument("service", help="nats, mcm, router, or a replica id")
         p.add_argument("-f", "--follow", action="store_true")
@@ -199,6 +213,10 @@ def main(cmd: str, argv: list[str]) -> int:
         elif cmd == "scale":
             scale(ns.mcm_url, _key(ns), ns.deployment, ns.replicas)
             print(f"{ns.deployment}: desired replicas {ns.replicas}")
+        elif cmd == "wake":
+            d = wake(ns.mcm_url, _key(ns), ns.deployment)
+            print(f"{ns.deployment}: woken; desired replicas {d['desired_replicas']}, "
+                  f"ready {d['active_replica_count']}")
         elif cmd == "promote":
             promote(ns.mcm_url, _key(ns), ns.deployment, ns.environment)
             print(f"{ns.environment} -> {ns.deployment}")

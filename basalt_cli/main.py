@@ -14,14 +14,16 @@ USAGE = """basalt <command> [args]
 commands:
   runtime            run one replica (basalt runtime --help)
   router             run the router (basalt router --help)
+  autoscaler         run the autoscaler (basalt autoscaler --help)
   keys create|list|revoke   API keys (stored hashed in NATS KV; shown once)
   make-tiny-model    build the tiny test model (random weights, local tokenizer) into DIR
-  bench              run a benchmark: basalt bench {runtime,index,routing,chaos} --help
+  bench              run a benchmark: basalt bench {runtime,index,routing,chaos,autoscale} --help
   up                 start the local stack (basalt up --help)
   mcm                run the control plane (basalt mcm --help)
   deploy FILE        create or update the deployments in a file
   status             deployments and replicas, as tables
   scale DEP N        set a deployment's desired replicas
+  wake DEP           wake a deployment scaled to zero
   promote DEP        point an environment (default production) at a deployment
   logs SERVICE       show a service's or a replica's log (-f to follow)
 """
@@ -127,7 +129,7 @@ def _key_table(records: list, now: float) -> str:
 
 def _bench(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
-        print("usage: basalt bench {runtime,index,routing,chaos} [--help]")
+        print("usage: basalt bench {runtime,index,routing,chaos,autoscale} [--help]")
         return 0 if args else 2
     name, rest = args[0], args[1:]
     if name == "runtime":
@@ -138,6 +140,8 @@ def _bench(args: list[str]) -> int:
         from bench.routing import main as bench_main
     elif name == "chaos":
         from bench.chaos import main as bench_main
+    elif name == "autoscale":
+        from bench.autoscale import main as bench_main
     else:
         print(f"basalt bench: unknown benchmark {name!r}", file=sys.stderr)
         return 2
@@ -164,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         return _make_tiny_model(rest)
     if cmd == "bench":
         return _bench(rest)
-    if cmd in ("deploy", "status", "scale", "promote", "logs"):
+    if cmd == "autoscaler":
+        from services.autoscaler.main import main as autoscaler_main
+
+        return autoscaler_main(rest)
+    if cmd in ("deploy", "status", "scale", "wake", "promote", "logs"):
         from basalt_cli.ctl import main as ctl_main
 
         return ctl_main(cmd, rest)

@@ -1,5 +1,5 @@
-"""`basalt up`: the local stack in one command — nats-server, mcm, router, the default
-deployment — until Ctrl-C, which stops everything (does I/O: processes, HTTP, NATS)."""
+"""`basalt up`: the local stack in one command — nats-server, mcm, router, autoscaler, the
+default deployment — until Ctrl-C, which stops everything (does I/O: processes, HTTP, NATS)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class Stack:
         return json.loads(path.read_text())
 
     def stop(self) -> None:
-        for name in reversed(list(self.procs)):  # router first, then mcm (it stops replicas)
+        for name in reversed(list(self.procs)):  # autoscaler, router, then mcm (it stops replicas)
             proc = self.procs[name]
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -179,7 +179,7 @@ def main(argv: list[str]) -> int:
         roots = sorted({str(state / "models"), *(p for d in parsed.deployments
                                                   for p in (d.model_path, *(x.path for x in d.loras))
                                                   if p)})
-        for f in ("mcm.ready.json", "router.ready.json"):
+        for f in ("mcm.ready.json", "router.ready.json", "autoscaler.ready.json"):
             (state / f).unlink(missing_ok=True)
         stack.start("mcm", ["services.mcm", "--nats-url", url, "--http-port", str(ns.mcm_port),
                             "--provider", "local", "--state-dir", str(state / "mcm"),
@@ -194,8 +194,13 @@ def main(argv: list[str]) -> int:
                                "--nats-creds", str(creds("router")),
                                "--replica-secret-file", str(replica_secret), *tls_args,
                                "--ready-file", str(state / "router.ready.json")])
+        stack.start("autoscaler", ["services.autoscaler", "--nats-url", url,
+                                   "--nats-creds", str(creds("autoscaler")),
+                                   "--replica-secret-file", str(replica_secret), *tls_args,
+                                   "--ready-file", str(state / "autoscaler.ready.json")])
         stack.wait_file("mcm", state / "mcm.ready.json", 60)
         stack.wait_file("router", state / "router.ready.json", 60)
+        stack.wait_file("autoscaler", state / "autoscaler.ready.json", 60)
         admin = bus.NatsAuth(str(creds("admin")), tls.ca_file if tls else "")
         key, management_key = asyncio.run(_make_keys(url, admin))
         # Readable by this user only: the inference key for clients, the management key for

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x61salt/pb/deploy.proto\x12\tbasalt.v1\"\xb8\x01\n\x13\x41utoscalingSettings\x12\x13\n\x0bmin_replica\x18\x01 \x01(\r\x12\x13\n\x0bmax_replica\x18\x02 \x01(\r\x12\x1a\n\x12\x61utoscaling_window\x18\x03 \x01(\r\x12\x18\n\x10scale_down_delay\x18\x04 \x01(\r\x12\x1a\n\x12\x63oncurrency_target\x18\x05 \x01(\r\x12%\n\x1dtarget_utilization_percentage\x18\x06 \x01(\r\")\n\x0bLoraAdapter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\xad\x03\n\x0e\x44\x65ploymentSpec\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12>\n\x0b\x65ngine_args\x18\x03 \x03(\x0b\x32).basalt.v1.DeploymentSpec.EngineArgsEntry\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x04 \x01(\t\x12\x19\n\x11\x61\x63\x63\x65lerator_count\x18\x05 \x01(\r\x12\x17\n\x0f\x61llowed_regions\x18\x06 \x03(\t\x12\x19\n\x11preferred_regions\x18\x07 \x03(\t\x12\x16\n\x0erouting_policy\x18\x08 \x01(\t\x12\x13\n\x0bqueue_limit\x18\t \x01(\r\x12\x17\n\x0fqueue_timeout_s\x18\n \x01(\x01\x12%\n\x05loras\x18\x0b \x03(\x0b\x32\x16.basalt.v1.LoraAdapter\x12\x33\n\x0b\x61utoscaling\x18\x0c \x01(\x0b\x32\x1e.basalt.v1.AutoscalingSettings\x1a\x31\n\x0f\x45ngineArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd3\x01\n\x10\x44\x65ploymentRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\'\n\x04spec\x18\x03 \x01(\x0b\x32\x19.basalt.v1.DeploymentSpec\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.basalt.v1.DeploymentStatus\x12\x18\n\x10\x64\x65sired_replicas\x18\x05 \x01(\r\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x12\n\ncreated_ts\x18\x07 \x01(\x01\x12\x12\n\ngeneration\x18\x08 \x01(\x04\"G\n\x11\x45nvironmentRecord\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\"\xc5\x01\n\x0c\x41piKeyRecord\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\ncreated_ts\x18\x04 \x01(\x01\x12\"\n\x05scope\x18\x05 \x01(\x0e\x32\x13.basalt.v1.KeyScope\x12\x0e\n\x06models\x18\x06 \x03(\t\x12\x12\n\nexpires_ts\x18\x07 \x01(\x01\x12\x12\n\nrate_per_s\x18\x08 \x01(\x01\x12\x17\n\x0fmax_concurrency\x18\t \x01(\r\"g\n\x0cScaleCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12\x10\n\x08replicas\x18\x03 \x01(\r\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\n\n\x02ts\x18\x05 \x01(\x01\"\x8e\x02\n\rRequestRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12\x12\n\nreplica_id\x18\x03 \x01(\t\x12\x15\n\rqueue_wait_ms\x18\x04 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x05 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\r\x12\x15\n\rcached_tokens\x18\x08 \x01(\r\x12\x0f\n\x07outcome\x18\t \x01(\t\x12\n\n\x02ts\x18\n \x01(\x01\x12\r\n\x05model\x18\x0b \x01(\t\x12\x11\n\tlora_name\x18\x0c \x01(\t\x12\x0e\n\x06\x65\x32\x65_ms\x18\r \x01(\x01*s\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATUS_ACTIVE\x10\x01\x12\x1e\n\x1a\x44\x45PLOYMENT_STATUS_INACTIVE\x10\x02*X\n\x08KeyScope\x12\x19\n\x15KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13KEY_SCOPE_INFERENCE\x10\x01\x12\x18\n\x14KEY_SCOPE_MANAGEMENT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x61salt/pb/deploy.proto\x12\tbasalt.v1\"\x92\x03\n\x13\x41utoscalingSettings\x12\x13\n\x0bmin_replica\x18\x01 \x01(\r\x12\x13\n\x0bmax_replica\x18\x02 \x01(\r\x12\x1a\n\x12\x61utoscaling_window\x18\x03 \x01(\r\x12\x18\n\x10scale_down_delay\x18\x04 \x01(\r\x12\x1a\n\x12\x63oncurrency_target\x18\x05 \x01(\r\x12%\n\x1dtarget_utilization_percentage\x18\x06 \x01(\r\x12\x1f\n\x17target_in_flight_tokens\x18\x07 \x01(\r\x12\x14\n\x0cscaling_mode\x18\x08 \x01(\t\x12\x14\n\x0cpanic_window\x18\t \x01(\r\x12\"\n\x1apanic_threshold_percentage\x18\n \x01(\r\x12\x1a\n\x12ttft_p90_target_ms\x18\x0b \x01(\x01\x12\x19\n\x11itl_p90_target_ms\x18\x0c \x01(\x01\x12\x17\n\x0f\x63old_start_lead\x18\r \x01(\x08\x12\x17\n\x0fscale_down_step\x18\x0e \x01(\r\")\n\x0bLoraAdapter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\x82\x04\n\x0e\x44\x65ploymentSpec\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12>\n\x0b\x65ngine_args\x18\x03 \x03(\x0b\x32).basalt.v1.DeploymentSpec.EngineArgsEntry\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x04 \x01(\t\x12\x19\n\x11\x61\x63\x63\x65lerator_count\x18\x05 \x01(\r\x12\x17\n\x0f\x61llowed_regions\x18\x06 \x03(\t\x12\x19\n\x11preferred_regions\x18\x07 \x03(\t\x12\x16\n\x0erouting_policy\x18\x08 \x01(\t\x12\x13\n\x0bqueue_limit\x18\t \x01(\r\x12\x17\n\x0fqueue_timeout_s\x18\n \x01(\x01\x12%\n\x05loras\x18\x0b \x03(\x0b\x32\x16.basalt.v1.LoraAdapter\x12\x33\n\x0b\x61utoscaling\x18\x0c \x01(\x0b\x32\x1e.basalt.v1.AutoscalingSettings\x12#\n\x1brequest_backpressure_policy\x18\r \x01(\t\x12\x14\n\x0cparked_limit\x18\x0e \x01(\r\x12\x18\n\x10parked_timeout_s\x18\x0f \x01(\x01\x1a\x31\n\x0f\x45ngineArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd3\x01\n\x10\x44\x65ploymentRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\'\n\x04spec\x18\x03 \x01(\x0b\x32\x19.basalt.v1.DeploymentSpec\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.basalt.v1.DeploymentStatus\x12\x18\n\x10\x64\x65sired_replicas\x18\x05 \x01(\r\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x12\n\ncreated_ts\x18\x07 \x01(\x01\x12\x12\n\ngeneration\x18\x08 \x01(\x04\"G\n\x11\x45nvironmentRecord\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\"\xc5\x01\n\x0c\x41piKeyRecord\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\ncreated_ts\x18\x04 \x01(\x01\x12\"\n\x05scope\x18\x05 \x01(\x0e\x32\x13.basalt.v1.KeyScope\x12\x0e\n\x06models\x18\x06 \x03(\t\x12\x12\n\nexpires_ts\x18\x07 \x01(\x01\x12\x12\n\nrate_per_s\x18\x08 \x01(\x01\x12\x17\n\x0fmax_concurrency\x18\t \x01(\r\"g\n\x0cScaleCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12\x10\n\x08replicas\x18\x03 \x01(\r\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\n\n\x02ts\x18\x05 \x01(\x01\"\x8e\x02\n\rRequestRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12\x12\n\nreplica_id\x18\x03 \x01(\t\x12\x15\n\rqueue_wait_ms\x18\x04 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x05 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\r\x12\x15\n\rcached_tokens\x18\x08 \x01(\r\x12\x0f\n\x07outcome\x18\t \x01(\t\x12\n\n\x02ts\x18\n \x01(\x01\x12\r\n\x05model\x18\x0b \x01(\t\x12\x11\n\tlora_name\x18\x0c \x01(\t\x12\x0e\n\x06\x65\x32\x65_ms\x18\r \x01(\x01\"\x86\x02\n\x0c\x44\x65mandReport\x12\x11\n\trouter_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12\n\n\x02ts\x18\x03 \x01(\x01\x12\x11\n\tin_flight\x18\x04 \x01(\r\x12\x0e\n\x06parked\x18\x05 \x01(\r\x12\x0e\n\x06queued\x18\x06 \x01(\r\x12\x10\n\x08\x61rrivals\x18\x07 \x01(\r\x12\x17\n\x0f\x61vg_concurrency\x18\x08 \x01(\x01\x12\x1c\n\x14\x61vg_in_flight_tokens\x18\t \x01(\x01\x12\x12\n\ninterval_s\x18\n \x01(\x01\x12\x15\n\rprompt_tokens\x18\x0b \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x0c \x01(\x04\"P\n\x0bWakeRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\n\n\x02ts\x18\x03 \x01(\x01\x12\x0e\n\x06parked\x18\x04 \x01(\r\")\n\tHeldCount\x12\n\n\x02ts\x18\x01 \x01(\x01\x12\x10\n\x08replicas\x18\x02 \x01(\r\"\xe9\x01\n\x12\x41utoscalerDecision\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65sired\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\n\n\x02ts\x18\x04 \x01(\x01\x12\r\n\x05panic\x18\x05 \x01(\x08\x12\x0e\n\x06holder\x18\x06 \x01(\t\x12\"\n\x04held\x18\x07 \x03(\x0b\x32\x14.basalt.v1.HeldCount\x12\x13\n\x0bpanic_since\x18\x08 \x01(\x01\x12\x15\n\rpanic_last_ts\x18\t \x01(\x01\x12\r\n\x05ready\x18\n \x01(\r\x12\x11\n\tpublished\x18\x0b \x01(\r\"5\n\x0f\x41utoscalerLease\x12\x0e\n\x06holder\x18\x01 \x01(\t\x12\x12\n\nexpires_ts\x18\x02 \x01(\x01*s\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATUS_ACTIVE\x10\x01\x12\x1e\n\x1a\x44\x45PLOYMENT_STATUS_INACTIVE\x10\x02*X\n\x08KeyScope\x12\x19\n\x15KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13KEY_SCOPE_INFERENCE\x10\x01\x12\x18\n\x14KEY_SCOPE_MANAGEMENT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,26 +33,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DEPLOYMENTSPEC_ENGINEARGSENTRY']._loaded_options = None
   _globals['_DEPLOYMENTSPEC_ENGINEARGSENTRY']._serialized_options = b'8\001'
-  _globals['_DEPLOYMENTSTATUS']._serialized_start=1564
-  _globals['_DEPLOYMENTSTATUS']._serialized_end=1679
-  _globals['_KEYSCOPE']._serialized_start=1681
-  _globals['_KEYSCOPE']._serialized_end=1769
+  _globals['_DEPLOYMENTSTATUS']._serialized_start=2548
+  _globals['_DEPLOYMENTSTATUS']._serialized_end=2663
+  _globals['_KEYSCOPE']._serialized_start=2665
+  _globals['_KEYSCOPE']._serialized_end=2753
   _globals['_AUTOSCALINGSETTINGS']._serialized_start=38
-  _globals['_AUTOSCALINGSETTINGS']._serialized_end=222
-  _globals['_LORAADAPTER']._serialized_start=224
-  _globals['_LORAADAPTER']._serialized_end=265
-  _globals['_DEPLOYMENTSPEC']._serialized_start=268
-  _globals['_DEPLOYMENTSPEC']._serialized_end=697
-  _globals['_DEPLOYMENTSPEC_ENGINEARGSENTRY']._serialized_start=648
-  _globals['_DEPLOYMENTSPEC_ENGINEARGSENTRY']._serialized_end=697
-  _globals['_DEPLOYMENTRECORD']._serialized_start=700
-  _globals['_DEPLOYMENTRECORD']._serialized_end=911
-  _globals['_ENVIRONMENTRECORD']._serialized_start=913
-  _globals['_ENVIRONMENTRECORD']._serialized_end=984
-  _globals['_APIKEYRECORD']._serialized_start=987
-  _globals['_APIKEYRECORD']._serialized_end=1184
-  _globals['_SCALECOMMAND']._serialized_start=1186
-  _globals['_SCALECOMMAND']._serialized_end=1289
-  _globals['_REQUESTRECORD']._serialized_start=1292
-  _globals['_REQUESTRECORD']._serialized_end=1562
+  _globals['_AUTOSCALINGSETTINGS']._serialized_end=440
+  _globals['_LORAADAPTER']._serialized_start=442
+  _globals['_LORAADAPTER']._serialized_end=483
+  _globals['_DEPLOYMENTSPEC']._serialized_start=486
+  _globals['_DEPLOYMENTSPEC']._serialized_end=1000
+  _globals['_DEPLOYMENTSPEC_ENGINEARGSENTRY']._serialized_start=951
+  _globals['_DEPLOYMENTSPEC_ENGINEARGSENTRY']._serialized_end=1000
+  _globals['_DEPLOYMENTRECORD']._serialized_start=1003
+  _globals['_DEPLOYMENTRECORD']._serialized_end=1214
+  _globals['_ENVIRONMENTRECORD']._serialized_start=1216
+  _globals['_ENVIRONMENTRECORD']._serialized_end=1287
+  _globals['_APIKEYRECORD']._serialized_start=1290
+  _globals['_APIKEYRECORD']._serialized_end=1487
+  _globals['_SCALECOMMAND']._serialized_start=1489
+  _globals['_SCALECOMMAND']._serialized_end=1592
+  _globals['_REQUESTRECORD']._serialized_start=1595
+  _globals['_REQUESTRECORD']._serialized_end=1865
+  _globals['_DEMANDREPORT']._serialized_start=1868
+  _globals['_DEMANDREPORT']._serialized_end=2130
+  _globals['_WAKEREQUEST']._serialized_start=2132
+  _globals['_WAKEREQUEST']._serialized_end=2212
+  _globals['_HELDCOUNT']._serialized_start=2214
+  _globals['_HELDCOUNT']._serialized_end=2255
+  _globals['_AUTOSCALERDECISION']._serialized_start=2258
+  _globals['_AUTOSCALERDECISION']._serialized_end=2491
+  _globals['_AUTOSCALERLEASE']._serialized_start=2493
+  _globals['_AUTOSCALERLEASE']._serialized_end=2546
 # @@protoc_insertion_point(module_scope)

@@ -26,20 +26,36 @@ KEY_SCOPE_INFERENCE: KeyScope
 KEY_SCOPE_MANAGEMENT: KeyScope
 
 class AutoscalingSettings(_message.Message):
-    __slots__ = ("min_replica", "max_replica", "autoscaling_window", "scale_down_delay", "concurrency_target", "target_utilization_percentage")
+    __slots__ = ("min_replica", "max_replica", "autoscaling_window", "scale_down_delay", "concurrency_target", "target_utilization_percentage", "target_in_flight_tokens", "scaling_mode", "panic_window", "panic_threshold_percentage", "ttft_p90_target_ms", "itl_p90_target_ms", "cold_start_lead", "scale_down_step")
     MIN_REPLICA_FIELD_NUMBER: _ClassVar[int]
     MAX_REPLICA_FIELD_NUMBER: _ClassVar[int]
     AUTOSCALING_WINDOW_FIELD_NUMBER: _ClassVar[int]
     SCALE_DOWN_DELAY_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_TARGET_FIELD_NUMBER: _ClassVar[int]
     TARGET_UTILIZATION_PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_IN_FLIGHT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SCALING_MODE_FIELD_NUMBER: _ClassVar[int]
+    PANIC_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    PANIC_THRESHOLD_PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
+    TTFT_P90_TARGET_MS_FIELD_NUMBER: _ClassVar[int]
+    ITL_P90_TARGET_MS_FIELD_NUMBER: _ClassVar[int]
+    COLD_START_LEAD_FIELD_NUMBER: _ClassVar[int]
+    SCALE_DOWN_STEP_FIELD_NUMBER: _ClassVar[int]
     min_replica: int
     max_replica: int
     autoscaling_window: int
     scale_down_delay: int
     concurrency_target: int
     target_utilization_percentage: int
-    def __init__(self, min_replica: _Optional[int] = ..., max_replica: _Optional[int] = ..., autoscaling_window: _Optional[int] = ..., scale_down_delay: _Optional[int] = ..., concurrency_target: _Optional[int] = ..., target_utilization_percentage: _Optional[int] = ...) -> None: ...
+    target_in_flight_tokens: int
+    scaling_mode: str
+    panic_window: int
+    panic_threshold_percentage: int
+    ttft_p90_target_ms: float
+    itl_p90_target_ms: float
+    cold_start_lead: bool
+    scale_down_step: int
+    def __init__(self, min_replica: _Optional[int] = ..., max_replica: _Optional[int] = ..., autoscaling_window: _Optional[int] = ..., scale_down_delay: _Optional[int] = ..., concurrency_target: _Optional[int] = ..., target_utilization_percentage: _Optional[int] = ..., target_in_flight_tokens: _Optional[int] = ..., scaling_mode: _Optional[str] = ..., panic_window: _Optional[int] = ..., panic_threshold_percentage: _Optional[int] = ..., ttft_p90_target_ms: _Optional[float] = ..., itl_p90_target_ms: _Optional[float] = ..., cold_start_lead: _Optional[bool] = ..., scale_down_step: _Optional[int] = ...) -> None: ...
 
 class LoraAdapter(_message.Message):
     __slots__ = ("name", "path")
@@ -50,7 +66,7 @@ class LoraAdapter(_message.Message):
     def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class DeploymentSpec(_message.Message):
-    __slots__ = ("engine", "model_path", "engine_args", "accelerator", "accelerator_count", "allowed_regions", "preferred_regions", "routing_policy", "queue_limit", "queue_timeout_s", "loras", "autoscaling")
+    __slots__ = ("engine", "model_path", "engine_args", "accelerator", "accelerator_count", "allowed_regions", "preferred_regions", "routing_policy", "queue_limit", "queue_timeout_s", "loras", "autoscaling", "request_backpressure_policy", "parked_limit", "parked_timeout_s")
     class EngineArgsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +86,9 @@ class DeploymentSpec(_message.Message):
     QUEUE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     LORAS_FIELD_NUMBER: _ClassVar[int]
     AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_BACKPRESSURE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    PARKED_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PARKED_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     engine: str
     model_path: str
     engine_args: _containers.ScalarMap[str, str]
@@ -82,7 +101,10 @@ class DeploymentSpec(_message.Message):
     queue_timeout_s: float
     loras: _containers.RepeatedCompositeFieldContainer[LoraAdapter]
     autoscaling: AutoscalingSettings
-    def __init__(self, engine: _Optional[str] = ..., model_path: _Optional[str] = ..., engine_args: _Optional[_Mapping[str, str]] = ..., accelerator: _Optional[str] = ..., accelerator_count: _Optional[int] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., preferred_regions: _Optional[_Iterable[str]] = ..., routing_policy: _Optional[str] = ..., queue_limit: _Optional[int] = ..., queue_timeout_s: _Optional[float] = ..., loras: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., autoscaling: _Optional[_Union[AutoscalingSettings, _Mapping]] = ...) -> None: ...
+    request_backpressure_policy: str
+    parked_limit: int
+    parked_timeout_s: float
+    def __init__(self, engine: _Optional[str] = ..., model_path: _Optional[str] = ..., engine_args: _Optional[_Mapping[str, str]] = ..., accelerator: _Optional[str] = ..., accelerator_count: _Optional[int] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., preferred_regions: _Optional[_Iterable[str]] = ..., routing_policy: _Optional[str] = ..., queue_limit: _Optional[int] = ..., queue_timeout_s: _Optional[float] = ..., loras: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., autoscaling: _Optional[_Union[AutoscalingSettings, _Mapping]] = ..., request_backpressure_policy: _Optional[str] = ..., parked_limit: _Optional[int] = ..., parked_timeout_s: _Optional[float] = ...) -> None: ...
 
 class DeploymentRecord(_message.Message):
     __slots__ = ("id", "model", "spec", "status", "desired_replicas", "kind", "created_ts", "generation")
@@ -179,3 +201,85 @@ class RequestRecord(_message.Message):
     lora_name: str
     e2e_ms: float
     def __init__(self, request_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., replica_id: _Optional[str] = ..., queue_wait_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., outcome: _Optional[str] = ..., ts: _Optional[float] = ..., model: _Optional[str] = ..., lora_name: _Optional[str] = ..., e2e_ms: _Optional[float] = ...) -> None: ...
+
+class DemandReport(_message.Message):
+    __slots__ = ("router_id", "deployment_id", "ts", "in_flight", "parked", "queued", "arrivals", "avg_concurrency", "avg_in_flight_tokens", "interval_s", "prompt_tokens", "completion_tokens")
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    PARKED_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    ARRIVALS_FIELD_NUMBER: _ClassVar[int]
+    AVG_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    AVG_IN_FLIGHT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    router_id: str
+    deployment_id: str
+    ts: float
+    in_flight: int
+    parked: int
+    queued: int
+    arrivals: int
+    avg_concurrency: float
+    avg_in_flight_tokens: float
+    interval_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    def __init__(self, router_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., ts: _Optional[float] = ..., in_flight: _Optional[int] = ..., parked: _Optional[int] = ..., queued: _Optional[int] = ..., arrivals: _Optional[int] = ..., avg_concurrency: _Optional[float] = ..., avg_in_flight_tokens: _Optional[float] = ..., interval_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+
+class WakeRequest(_message.Message):
+    __slots__ = ("deployment_id", "source", "ts", "parked")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    PARKED_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    source: str
+    ts: float
+    parked: int
+    def __init__(self, deployment_id: _Optional[str] = ..., source: _Optional[str] = ..., ts: _Optional[float] = ..., parked: _Optional[int] = ...) -> None: ...
+
+class HeldCount(_message.Message):
+    __slots__ = ("ts", "replicas")
+    TS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    ts: float
+    replicas: int
+    def __init__(self, ts: _Optional[float] = ..., replicas: _Optional[int] = ...) -> None: ...
+
+class AutoscalerDecision(_message.Message):
+    __slots__ = ("deployment_id", "desired", "reason", "ts", "panic", "holder", "held", "panic_since", "panic_last_ts", "ready", "published")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    PANIC_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    PANIC_SINCE_FIELD_NUMBER: _ClassVar[int]
+    PANIC_LAST_TS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    desired: int
+    reason: str
+    ts: float
+    panic: bool
+    holder: str
+    held: _containers.RepeatedCompositeFieldContainer[HeldCount]
+    panic_since: float
+    panic_last_ts: float
+    ready: int
+    published: int
+    def __init__(self, deployment_id: _Optional[str] = ..., desired: _Optional[int] = ..., reason: _Optional[str] = ..., ts: _Optional[float] = ..., panic: _Optional[bool] = ..., holder: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldCount, _Mapping]]] = ..., panic_since: _Optional[float] = ..., panic_last_ts: _Optional[float] = ..., ready: _Optional[int] = ..., published: _Optional[int] = ...) -> None: ...
+
+class AutoscalerLease(_message.Message):
+    __slots__ = ("holder", "expires_ts")
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_TS_FIELD_NUMBER: _ClassVar[int]
+    holder: str
+    expires_ts: float
+    def __init__(self, holder: _Optional[str] = ..., expires_ts: _Optional[float] = ...) -> None: ...

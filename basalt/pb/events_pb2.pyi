@@ -109,7 +109,7 @@ class LoadReport(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., deployment: _Optional[str] = ..., ts: _Optional[float] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_active: _Optional[int] = ..., ttft: _Optional[_Union[LatencySummary, _Mapping]] = ..., itl: _Optional[_Union[LatencySummary, _Mapping]] = ..., generated_tokens_total: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ReplicaRecord(_message.Message):
-    __slots__ = ("replica_id", "deployment", "model", "engine", "grpc_address", "region", "zone", "cluster", "lora_adapters", "kv_block_size", "kv_blocks_total", "state", "heartbeat_ts", "owner", "max_model_len", "epoch", "metrics_address", "signature")
+    __slots__ = ("replica_id", "deployment", "model", "engine", "grpc_address", "region", "zone", "cluster", "lora_adapters", "kv_block_size", "kv_blocks_total", "state", "heartbeat_ts", "owner", "max_model_len", "epoch", "metrics_address", "started_ts", "ready_ts", "signature")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,8 @@ class ReplicaRecord(_message.Message):
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_TS_FIELD_NUMBER: _ClassVar[int]
+    READY_TS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     deployment: str
@@ -145,5 +147,7 @@ class ReplicaRecord(_message.Message):
     max_model_len: int
     epoch: str
     metrics_address: str
+    started_ts: float
+    ready_ts: float
     signature: bytes
-    def __init__(self, replica_id: _Optional[str] = ..., deployment: _Optional[str] = ..., model: _Optional[str] = ..., engine: _Optional[str] = ..., grpc_address: _Optional[str] = ..., region: _Optional[str] = ..., zone: _Optional[str] = ..., cluster: _Optional[str] = ..., lora_adapters: _Optional[_Iterable[str]] = ..., kv_block_size: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., heartbeat_ts: _Optional[float] = ..., owner: _Optional[str] = ..., max_model_len: _Optional[int] = ..., epoch: _Optional[str] = ..., metrics_address: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, replica_id: _Optional[str] = ..., deployment: _Optional[str] = ..., model: _Optional[str] = ..., engine: _Optional[str] = ..., grpc_address: _Optional[str] = ..., region: _Optional[str] = ..., zone: _Optional[str] = ..., cluster: _Optional[str] = ..., lora_adapters: _Optional[_Iterable[str]] = ..., kv_block_size: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., heartbeat_ts: _Optional[float] = ..., owner: _Optional[str] = ..., max_model_len: _Optional[int] = ..., epoch: _Optional[str] = ..., metrics_address: _Optional[str] = ..., started_ts: _Optional[float] = ..., ready_ts: _Optional[float] = ..., signature: _Optional[bytes] = ...) -> None: ...

@@ -32,10 +32,11 @@ from nats.js.errors import InvalidKeyError
 from nats.js.kv import KeyValue
 from starlette.exceptions import HTTPException
 
-from basalt import bus
+from basalt import bus, subjects
 from basalt.apikeys import MANAGEMENT, KeyStoreUnavailable, KeyVerifier, key_from_header
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2
+from basalt.scalestream import publish_scale
 from services.mcm.core import resources as res
 from services.mcm.core.api_errors import (
     ApiError,
@@ -63,7 +64,7 @@ from services.mcm.core.resources import (
 )
 from services.mcm.core.scaling import settled
 
-from .scale import APPLIED_BUCKET, last_applied, publish_scale
+from .scale import APPLIED_BUCKET, last_applied
 from .store import RevisionMismatch, Store
 
 log = get_logger(__name__)
@@ -86,6 +87,7 @@ class _Ctx:
     lock: asyncio.Lock
     replicas_kv: KeyValue | None = None
     applied_kv: KeyValue | None = None
+    decisions_kv: KeyValue | None = None
     # Real paths a deployment's model and LoRA paths must lie under (None: any path).
     model_roots: tuple[str, ...] | None = None
 
@@ -139,7 +141,9 @@ def _deployment_routes(app: FastAPI, ctx: _Ctx) -> None:
     async def list_deployments(model: str) -> dict:
         deps, envs = await _model_state(ctx, model)
         reps = await _replicas(ctx)
-        return {"deployments": [res.deployment_view(d, envs, reps) for d in deps]}
+        decisions = await _decisions(ctx)
+        return {"deployments": [res.deployment_view(d, envs, reps, decisions=decisions)
+                                for d in deps]}
 
     @app.get(base + "/{deployment_id}")
     async def get_deployment(model: str, deployment_id: str) -> dict:
@@ -175,6 +179,10 @@ def _deployment_routes(app: FastAPI, ctx: _Ctx) -> None:
     @app.post(base + "/{deployment_id}/promote")
     async def promote(model: str, deployment_id: str) -> dict:
         return await _promote(ctx, model, res.PRODUCTION, deployment_id, create_env=True)
+
+    @app.post(base + "/{deployment_id}/wake")
+    async def wake(model: str, deployment_id: str) -> dict:
+        return await _view(ctx, await _wake(ctx, model, deployment_id))
 
 
 def _environment_routes(app: FastAPI, ctx: _Ctx) -> None:
@@ -334,6 +342,18 @@ async def _scale(ctx: _Ctx, model: str, deployment_id: str, replicas: int) -> Re
     raise ScaleNotApplied(deployment_id, cmd.command_id, SCALE_WAIT_S)
 
 
+async def _wake(ctx: _Ctx, model: str, deployment_id: str) -> Record:
+    """Baseten's wake: tell the autoscaler (so it holds the replica for its scale-down delay)
+    and, at zero, scale to max(1, min_replica) now (so it wakes with no autoscaler too)."""
+    rec = res.wake_check(await _get(ctx, model, deployment_id))
+    msg = deploy_pb2.WakeRequest(deployment_id=deployment_id, source="api", ts=time.time())
+    await ctx.nc.publish(subjects.wake(deployment_id), msg.SerializeToString())
+    log.info("wake", deployment=deployment_id, desired=rec.desired_replicas)
+    if rec.desired_replicas == 0:
+        return await _scale(ctx, model, deployment_id, res.serving_floor(rec))
+    return rec
+
+
 async def _update(ctx: _Ctx, model: str, deployment_id: str, change: Transition) -> Record:
     """Read, apply `change` (pure; may refuse), compare-and-set; retry on a lost race."""
     for attempt in range(RETRIES):
@@ -376,7 +396,26 @@ async def _model_state(ctx: _Ctx, model: str) -> tuple[list[Record], list[EnvRec
 
 async def _view(ctx: _Ctx, rec: Record) -> dict:
     envs = await ctx.store.list_environments()
-    return res.deployment_view(rec, envs, await _replicas(ctx), detail=True)
+    return res.deployment_view(rec, envs, await _replicas(ctx), detail=True,
+                               decisions=await _decisions(ctx))
+
+
+async def _decisions(ctx: _Ctx) -> dict[str, deploy_pb2.AutoscalerDecision]:
+    """The autoscaler's last decision per deployment (empty when none runs)."""
+    try:
+        if ctx.decisions_kv is None:
+            ctx.decisions_kv = await bus.kv_bucket(ctx.nc, subjects.AUTOSCALER_BUCKET)
+        items = await bus.kv_items(ctx.decisions_kv)
+    except Exception as e:  # noqa: BLE001 - a view without the reason beats a failed view
+        log.warning("autoscaler_decisions_unreadable", error=str(e))
+        return {}
+    out = {}
+    for key, value in items.items():
+        try:
+            out[key] = deploy_pb2.AutoscalerDecision.FromString(value)
+        except DecodeError:
+            continue
+    return out
 
 
 async def _replicas(ctx: _Ctx) -> list[events_pb2.ReplicaRecord]:

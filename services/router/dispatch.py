@@ -15,8 +15,17 @@ from basalt import subjects
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, runtime_pb2, runtime_pb2_grpc
 from basalt.replicaauth import bearer, replica_token
+from services.router.core.demand import DemandBook, Phase
 from services.router.core.deployments import Route
-from services.router.core.errors import BadRequest, NoReplica, QueueFull, ReplicaFailed, RouterError
+from services.router.core.errors import (
+    BadRequest,
+    NoReplica,
+    ParkedFull,
+    QueueFull,
+    Rejected,
+    ReplicaFailed,
+    RouterError,
+)
 from services.router.core.failover import (
     MAX_ATTEMPTS,
     Fault,
@@ -43,6 +52,10 @@ from . import metrics
 
 log = get_logger(__name__)
 
+REJECT_ON_FULL = "reject_on_full"
+# A deployment waking from zero: requests wait longer than in the queue (a cold start).
+DEFAULT_PARKED_LIMIT = 256
+DEFAULT_PARKED_TIMEOUT_S = 600.0
 
 
 @dataclass(slots=True)
@@ -148,6 +161,10 @@ class Dispatcher:
         self.rng = random.Random(seed)
         self._rr: dict[str, RoundRobinState] = {}
         self._waiting: dict[str, int] = {}
+        # Per deployment, the requests waiting for a replica in arrival order: only the
+        # first may take one, so parked requests are served in the order they came.
+        self._lines: dict[str, list[str]] = {}
+        self.demand = DemandBook()
         self.changed = asyncio.Event()
         self._policies: dict[str, PolicyConfig] = {}
 
@@ -186,16 +203,38 @@ class Dispatcher:
     async def _acquire(
         self, route: Route, prompt: list[int], ctx: RequestContext, exclude: set[str]
     ) -> tuple[Decision, int]:
-        """Wait in the deployment's bounded queue until a replica can take the request."""
+        """Wait until a replica can take the request: in the deployment's bounded queue, or,
+        while it has no ready replica, parked (its own limit and timeout) with a wake sent."""
         dep = route.deployment
         decision, blocks = self.decide(route, prompt, ctx, exclude, time.monotonic())
         if decision is not None:
             return decision, blocks
-        limit = dep.spec.queue_limit
-        timeout = queue_timeout_s(dep.spec.queue_timeout_s)
-        if not admits(self._waiting.get(dep.id, 0), limit):
-            raise QueueFull(dep.id, limit)
-        self._waiting[dep.id] = self._waiting.get(dep.id, 0) + 1
+        # Parked (and woken) only where an autoscaler may add a replica; a fixed deployment
+        # with none ready (all starting or failed) queues as before.
+        at_zero = (dep.spec.HasField("autoscaling")
+                   and not self.fleet.candidates(dep.id, time.monotonic()))
+        if dep.spec.request_backpressure_policy == REJECT_ON_FULL:
+            if at_zero:
+                self._wake(dep.id)
+            raise Rejected(dep.id, at_zero)
+        if at_zero:
+            limit = dep.spec.parked_limit or DEFAULT_PARKED_LIMIT
+            timeout = dep.spec.parked_timeout_s or DEFAULT_PARKED_TIMEOUT_S
+            key, phase = f"{dep.id}\0parked", Phase.PARKED
+            if not admits(self._waiting.get(key, 0), limit):
+                raise ParkedFull(dep.id, limit)
+        else:
+            limit = dep.spec.queue_limit
+            timeout = queue_timeout_s(dep.spec.queue_timeout_s)
+            key, phase = dep.id, Phase.QUEUED
+            if not admits(self._waiting.get(key, 0), limit):
+                raise QueueFull(dep.id, limit)
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        self.demand.phase(dep.id, ctx.request_id, phase, time.monotonic())
+        if at_zero:
+            self._wake(dep.id)  # after counting this request among the parked
+        line = self._lines.setdefault(dep.id, [])
+        line.append(ctx.request_id)
         metrics.QUEUED.labels(deployment=dep.id).inc()
         deadline = time.monotonic() + timeout
         try:
@@ -205,14 +244,33 @@ class Dispatcher:
                     await asyncio.wait_for(self.changed.wait(), timeout=0.05)
                 except TimeoutError:
                     pass
-                decision, blocks = self.decide(route, prompt, ctx, exclude, time.monotonic())
+                now = time.monotonic()
+                if phase is Phase.PARKED and not self.fleet.candidates(dep.id, now):
+                    self._wake(dep.id)  # resent each second while parked: a wake may be lost
+                if line and line[0] != ctx.request_id and not exclude:
+                    continue
+                decision, blocks = self.decide(route, prompt, ctx, exclude, now)
                 if decision is not None:
                     return decision, blocks
             candidates = len(self.fleet.candidates(dep.id, time.monotonic()))
             raise NoReplica(dep.id, timeout, why_unserved(candidates))
         finally:
-            self._waiting[dep.id] -= 1
+            self._waiting[key] -= 1
+            line.remove(ctx.request_id)
+            if not line:
+                self._lines.pop(dep.id, None)
+            self.changed.set()  # the next in line tries at once
             metrics.QUEUED.labels(deployment=dep.id).dec()
+
+    def _wake(self, deployment_id: str) -> None:
+        """Tell the autoscaler at once (at most once a second) that requests wait at zero."""
+        now = time.monotonic()
+        if self.publish is None or not self.demand.should_wake(deployment_id, now):
+            return
+        msg = deploy_pb2.WakeRequest(deployment_id=deployment_id, source="router", ts=time.time(),
+                                     parked=self.demand.parked(deployment_id))
+        self.publish(subjects.wake(deployment_id), msg.SerializeToString())
+        log.info("wake_sent", deployment=deployment_id, parked=msg.parked)
 
     async def _with_failover(
         self, route: Route, prompt: list[int], ctx: RequestContext, summary: RequestSummary,
@@ -257,6 +315,8 @@ class Dispatcher:
         if entry is None:
             raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "replica gone")
         self.fleet.routed(rid, ctx.request_id, blocks, time.monotonic())
+        self.demand.phase(entry.record.deployment, ctx.request_id, Phase.IN_FLIGHT,
+                          time.monotonic())
         replica_fault = False
         call = open_call(self.channels.stub(entry.record.grpc_address, rid))
         try:
@@ -282,6 +342,7 @@ class Dispatcher:
             lora_name=route.lora_name or "",
         )
         started = False
+        self.demand.arrive(route.deployment_id, ctx.request_id, len(prompt), time.monotonic())
         try:
             async for resp in self._with_failover(route, prompt, ctx, out,
                                                   lambda stub: stub.Generate(request)):
@@ -289,6 +350,8 @@ class Dispatcher:
                     started = True
                     out.ttft_ms = (time.monotonic() - ctx.arrived) * 1000
                 out.completion_tokens += len(resp.token_ids)
+                self.demand.generated(route.deployment_id, ctx.request_id, len(resp.token_ids),
+                                      time.monotonic())
                 if resp.HasField("usage"):
                     out.cached_tokens = resp.usage.cached_prompt_tokens
                 yield resp
@@ -299,14 +362,34 @@ class Dispatcher:
             out.outcome = "cancelled"
             raise
         finally:
+            self.demand.done(route.deployment_id, ctx.request_id, time.monotonic())
             self._record(route, ctx, out)
 
     async def predict(self, route: Route, payload: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
         """Call a python-model deployment, with generate's failover rule."""
         request = runtime_pb2.PredictRequest(request_id=ctx.request_id, json_input=payload)
-        async for resp in self._with_failover(route, [], ctx, RequestSummary(),
-                                              lambda stub: stub.Predict(request)):
-            yield resp.json_output
+        self.demand.arrive(route.deployment_id, ctx.request_id, 0, time.monotonic())
+        try:
+            async for resp in self._with_failover(route, [], ctx, RequestSummary(),
+                                                  lambda stub: stub.Predict(request)):
+                yield resp.json_output
+        finally:
+            self.demand.done(route.deployment_id, ctx.request_id, time.monotonic())
+
+    def demand_reports(self, router_id: str, deployment_ids: list[str]
+                       ) -> list[deploy_pb2.DemandReport]:
+        """This interval's DemandReport for each deployment (then a new interval)."""
+        now, wall = time.monotonic(), time.time()
+        out = []
+        for dep_id in deployment_ids:
+            f = self.demand.report(dep_id, now)
+            out.append(deploy_pb2.DemandReport(
+                router_id=router_id, deployment_id=dep_id, ts=wall, in_flight=f.in_flight,
+                parked=f.parked, queued=f.queued, arrivals=f.arrivals,
+                avg_concurrency=f.avg_concurrency, avg_in_flight_tokens=f.avg_tokens,
+                interval_s=f.interval_s, prompt_tokens=f.prompt_tokens,
+                completion_tokens=f.completion_tokens))
+        return out
 
     def _record(self, route: Route, ctx: RequestContext, out: RequestSummary) -> None:
         e2e_ms = (time.monotonic() - ctx.arrived) * 1000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from basalt import apikeys, bus, deployfile, subjects
 from basalt import log as blog
 from basalt.config import parse
 from basalt.metrics import serve_metrics
+from basalt.pb import deploy_pb2
 from basalt.secretfiles import read_secret
 from services.router.core.deployments import DeploymentTable
 from services.router.core.fleet import Fleet
@@ -57,6 +59,22 @@ async def _preload(watcher: StateWatcher, table: DeploymentTable, tokenizers: To
         log.warning("tokenizer_preload_slow")
 
 
+async def _report_demand(nc, dispatcher: Dispatcher, table: DeploymentTable) -> None:  # type: ignore[no-untyped-def]
+    """Every DEMAND_INTERVAL_S, one DemandReport per active deployment (the autoscaler's view
+    of demand, also while a deployment has no replica)."""
+    router_id = f"router-{secrets.token_hex(4)}"
+    while True:
+        await asyncio.sleep(subjects.DEMAND_INTERVAL_S)
+        active = [d.id for d in table.deployments()
+                  if d.status == deploy_pb2.DEPLOYMENT_STATUS_ACTIVE]
+        try:
+            for report in dispatcher.demand_reports(router_id, active):
+                await nc.publish(subjects.demand(report.deployment_id),
+                                 report.SerializeToString())
+        except Exception as e:  # noqa: BLE001 - a NATS hiccup must not stop the reports
+            log.warning("demand_report_failed", error=str(e))
+
+
 async def run(s: RouterSettings) -> int:
     nc = await bus.connect(s.nats_url, name="router", auth=s.nats_auth())
     table = DeploymentTable()
@@ -81,6 +99,7 @@ async def run(s: RouterSettings) -> int:
     watcher = StateWatcher(nc, fleet, index, table, channels, changed=dispatcher.changed.set,
                            secret=secret)
     await watcher.start()
+    demand_task = asyncio.create_task(_report_demand(nc, dispatcher, table))
     verifier = None
     if s.auth:
         verifier = apikeys.KeyVerifier(await bus.kv_bucket(nc, subjects.API_KEYS_BUCKET))
@@ -115,6 +134,7 @@ async def run(s: RouterSettings) -> int:
     server.should_exit = True
     await serve_task
     await stop_kserve_servers()  # NOT_SERVING; in-flight KServe calls get a second
+    demand_task.cancel()
     await watcher.stop()
     await channels.close()
     await nc.drain()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import signal
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -36,6 +38,13 @@ SERVICE_NAMES = (
 )
 
 
+def _launched_ts() -> float:
+    try:
+        return float(os.environ.get("BASALT_RUNTIME_LAUNCHED_TS", ""))
+    except ValueError:
+        return time.time()
+
+
 class Replica:
     """Everything one replica process runs, wired together."""
 
@@ -51,6 +60,10 @@ class Replica:
         self.grpc_address = ""
         self.metrics_address = ""
         self.tasks: list[asyncio.Task] = []
+        # Cold start, for the autoscaler: from the provider's launch (else this process's
+        # start) to the first READY.
+        self.started_ts = _launched_ts()
+        self.ready_ts = 0.0
 
     def record(self) -> events_pb2.ReplicaRecord:
         s = self.settings
@@ -71,6 +84,8 @@ class Replica:
             max_model_len=self.info.max_model_len if self.info else s.max_model_len,
             epoch=self.epoch,
             metrics_address=self.metrics_address,
+            started_ts=self.started_ts,
+            ready_ts=self.ready_ts,
         )
 
     def _spawn(self, coro) -> None:
@@ -116,6 +131,7 @@ class Replica:
         self._spawn(kv.run(self.engine))
         self._spawn(load.run())
         self.state = events_pb2.REPLICA_STATE_READY
+        self.ready_ts = time.time()
         await heartbeat.beat()
         for name in ("", *SERVICE_NAMES[:2]):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

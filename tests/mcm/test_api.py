@@ -114,7 +114,7 @@ async def test_create_get_list(api: httpx.AsyncClient, store: Store) -> None:
 
 
 async def test_autoscaling_defaults_are_basetens(api: httpx.AsyncClient, store: Store) -> None:
-    await _deploy(api, "d1")
+    await _deploy(api, "d1", autoscaling={})
     a = (await _rec(store, "d1")).spec.autoscaling
     assert (
         a.min_replica,

@@ -17,9 +17,9 @@ from nats.js.kv import KeyValue
 
 from basalt import bus
 from basalt.pb import events_pb2
+from basalt.scalestream import publish_scale
 from basalt_tools.natsserver import NatsServer
 from services.mcm.reconciler import read_replicas
-from services.mcm.scale import publish_scale
 from services.mcm.store import Store
 from tests.mcm_process import (
     FAST_SIM_ARGS,

@@ -26,6 +26,12 @@ BASETEN_DEFAULTS = {
 }
 
 
+def baseten(settings: dict | None) -> dict:
+    """The Baseten-named part of a deployment's autoscaling settings."""
+    assert settings is not None
+    return {k: settings[k] for k in BASETEN_DEFAULTS}
+
+
 def body(**kw):  # type: ignore[no-untyped-def]
     return res.DeploymentBody.model_validate({"id": "d1", "engine": "sim", **kw})
 
@@ -39,8 +45,9 @@ def env(name: str, dep_id: str, model: str = "m") -> deploy_pb2.EnvironmentRecor
 
 
 def test_new_deployment_has_basetens_defaults() -> None:
-    rec = record()
-    assert res.autoscaling_dict(rec) == BASETEN_DEFAULTS
+    rec = record(autoscaling={})
+    assert baseten(res.autoscaling_dict(rec)) == BASETEN_DEFAULTS
+    assert res.autoscaling_dict(record()) is None  # no settings: a fixed count
     assert (rec.kind, rec.status, rec.desired_replicas) == ("published", res.ACTIVE, 1)
     assert rec.model == "m" and rec.created_ts == 1.0
 
@@ -123,12 +130,12 @@ def test_scale_sets_desired_and_refuses_inactive() -> None:
 def test_patch_autoscaling_merges_and_validates() -> None:
     rec = record()
     out = res.patch_autoscaling(rec, res.AutoscalingPatch(max_replica=5, scale_down_delay=30))
-    assert res.autoscaling_dict(out) == {
+    assert baseten(res.autoscaling_dict(out)) == {
         **BASETEN_DEFAULTS,
         "max_replica": 5,
         "scale_down_delay": 30,
     }
-    assert res.autoscaling_dict(rec) == BASETEN_DEFAULTS
+    assert res.autoscaling_dict(rec) is None  # unchanged input: still not autoscaled
     with pytest.raises(InvalidRequest) as e:
         res.patch_autoscaling(rec, res.AutoscalingPatch(target_utilization_percentage=101))
     assert e.value.param == "target_utilization_percentage"
@@ -216,7 +223,7 @@ def test_deployment_view_counts_ready_replicas() -> None:
         "owner": "",
         "heartbeat_ts": 0.0,
     }
-    assert view["autoscaling_settings"] == BASETEN_DEFAULTS
+    assert view["autoscaling_settings"] is None and view["autoscaler"] is None
     assert view["spec"]["engine"] == "sim" and "autoscaling" not in view["spec"]
 
 

@@ -12,8 +12,9 @@ from nats.aio.client import Client
 
 from basalt import subjects
 from basalt.pb import deploy_pb2
+from basalt.scalestream import publish_scale
 from services.mcm.core.scaling import ScaleVerdict, decide, settled
-from services.mcm.scale import ScaleConsumer, publish_scale
+from services.mcm.scale import ScaleConsumer
 from services.mcm.store import Store
 from tests.mcm_process import eventually, sim_deployment
 

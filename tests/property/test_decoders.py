@@ -36,6 +36,7 @@ from basalt.kvevents import (
     batch_to_proto,
 )
 from basalt.pb import deploy_pb2, events_pb2
+from basalt.scalestream import publish_scale
 from services.mcm.api import create_app as create_mcm_app
 from services.mcm.core.blocklist import Blocklist
 from services.mcm.core.inventory import Cluster, ClusterName, DeploymentId
@@ -43,7 +44,7 @@ from services.mcm.core.liveness import Liveness
 from services.mcm.core.reconcile import PlanContext, observed_from_record, plan
 from services.mcm.core.scaling import settled
 from services.mcm.reconciler import read_replicas, target_of
-from services.mcm.scale import ScaleConsumer, last_applied, publish_scale
+from services.mcm.scale import ScaleConsumer, last_applied
 from services.mcm.store import Store
 from services.router.core.deployments import DeploymentTable
 from services.router.core.fleet import Fleet

@@ -8,7 +8,7 @@ function to a fresh read when a compare-and-set loses a race.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -63,6 +63,14 @@ class AutoscalingPatch(BaseModel):
     scale_down_delay: int | None = None
     concurrency_target: int | None = None
     target_utilization_percentage: int | None = None
+    target_in_flight_tokens: int | None = None
+    scaling_mode: str | None = None
+    panic_window: int | None = None
+    panic_threshold_percentage: int | None = None
+    ttft_p90_target_ms: float | None = None
+    itl_p90_target_ms: float | None = None
+    cold_start_lead: bool | None = None
+    scale_down_step: int | None = None
 
 
 class ScaleBody(BaseModel):
@@ -105,6 +113,10 @@ def check_autoscaling(settings: Autoscaling, prefix: str) -> None:
         raise InvalidRequest(
             f"{prefix}min_replica ({settings.min_replica}) must be <= {prefix}max_replica "
             f"({settings.max_replica})", f"{prefix}min_replica")
+    if settings.scaling_mode == "sla" and settings.ttft_p90_target_ms <= 0:
+        raise InvalidRequest(
+            f"{prefix}ttft_p90_target_ms: scaling_mode sla needs a TTFT p90 target (> 0 ms)",
+            f"{prefix}ttft_p90_target_ms")
 
 
 # -- transitions ---------------------------------------------------------------------------
@@ -117,7 +129,8 @@ def new_deployment(model: str, body: BaseModel, now: float, existing: Sequence[R
         dep = Deployment.model_validate({**body.model_dump(), "model": model})
     except ValidationError as e:
         raise describe_errors(e.errors()) from None
-    check_autoscaling(dep.autoscaling, "autoscaling.")
+    if dep.autoscaling is not None:
+        check_autoscaling(dep.autoscaling, "autoscaling.")
     for key in sorted(dep.engine_args):
         if problem := engine_arg_problem(key):
             raise InvalidRequest(f"engine_args.{key}: {problem}", f"engine_args.{key}")
@@ -199,9 +212,24 @@ def scale(rec: Record, replicas: int) -> Record:
     return out
 
 
-def autoscaling_dict(rec: Record) -> dict[str, int]:
+def wake_check(rec: Record) -> Record:
+    """A deployment that can be woken: active (else 409)."""
+    if rec.status != ACTIVE:
+        raise DeploymentInactive(rec.id, "wake")
+    return rec
+
+
+def decision_view(d: deploy_pb2.AutoscalerDecision | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {"desired": d.desired, "reason": d.reason, "ts": d.ts, "panic": d.panic,
+            "holder": d.holder}
+
+
+def autoscaling_dict(rec: Record) -> dict[str, Any] | None:
+    """The deployment's autoscaling settings; None: not autoscaled (a fixed count)."""
     if not rec.spec.HasField("autoscaling"):
-        return Autoscaling.model_validate({}).model_dump()
+        return None
     return {name: getattr(rec.spec.autoscaling, name) for name in Autoscaling.model_fields}
 
 
@@ -210,7 +238,7 @@ def patch_autoscaling(rec: Record, patch: AutoscalingPatch) -> Record:
     an active deployment's desired replicas are brought within [min, max]."""
     changes = patch.model_dump(exclude_unset=True)
     try:
-        settings = Autoscaling.model_validate({**autoscaling_dict(rec), **changes})
+        settings = Autoscaling.model_validate({**(autoscaling_dict(rec) or {}), **changes})
     except ValidationError as e:
         raise describe_errors(e.errors()) from None
     check_autoscaling(settings, "")
@@ -268,7 +296,9 @@ def replica_view(rep: events_pb2.ReplicaRecord) -> dict[str, Any]:
 
 
 def deployment_view(rec: Record, envs: Sequence[EnvRecord],
-                    replicas: Sequence[events_pb2.ReplicaRecord], detail: bool = False) -> dict:
+                    replicas: Sequence[events_pb2.ReplicaRecord], detail: bool = False,
+                    decisions: Mapping[str, deploy_pb2.AutoscalerDecision] | None = None
+                    ) -> dict:
     """A deployment as the API shows it; `replicas` are this deployment's replica records."""
     spec = MessageToDict(rec.spec, preserving_proto_field_name=True,
                          always_print_fields_with_no_presence=True)
@@ -282,6 +312,7 @@ def deployment_view(rec: Record, envs: Sequence[EnvRecord],
         "active_replica_count": sum(r.state == events_pb2.REPLICA_STATE_READY for r in mine),
         "replica_count": len(mine), "autoscaling_settings": autoscaling_dict(rec),
         "spec": spec, "created_ts": rec.created_ts, "generation": rec.generation,
+        "autoscaler": decision_view((decisions or {}).get(rec.id)),
     }
     if detail:
         view["replicas"] = [replica_view(r) for r in sorted(mine, key=lambda r: r.replica_id)]

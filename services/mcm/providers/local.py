@@ -27,6 +27,9 @@ from services.mcm.core.errors import ReplicaExited, UnknownCluster
 from services.mcm.core.inventory import Cluster, ClusterName
 from services.mcm.core.provider import LaunchHandle, LaunchRequest, runtime_args
 
+# When the provider started the process: the replica's cold start counts from it.
+LAUNCHED_TS_ENV = "BASALT_RUNTIME_LAUNCHED_TS"
+
 log = get_logger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -120,7 +123,8 @@ class LocalProvider:
             # Its own process group: a SIGKILL takes the engine's worker processes with it
             # (vLLM's EngineCore outlives a killed parent otherwise).
             return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env={**self.env, **env},
+                                    stdin=subprocess.DEVNULL,
+                                    env={**self.env, **env, LAUNCHED_TS_ENV: f"{time.time():.3f}"},
                                     start_new_session=True)
 
     def _alive(self, run: _Running) -> bool:

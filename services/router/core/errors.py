@@ -78,6 +78,34 @@ class QueueFull(RouterError):
         self.limit = limit
 
 
+class Rejected(QueueFull):
+    """No replica can take the request now and the deployment's backpressure policy is
+    `reject_on_full`: 429 at once (a wake went out when it has no replica at all)."""
+
+    code = "backpressure_reject"
+
+    def __init__(self, deployment_id: str, scaled_to_zero: bool) -> None:
+        RouterError.__init__(self, (
+            f"deployment {deployment_id!r} has no ready replica (scaled to zero; waking it)"
+            if scaled_to_zero else f"every replica of deployment {deployment_id!r} is busy")
+            + " and its request_backpressure_policy is reject_on_full; retry later")
+        self.deployment_id = deployment_id
+        self.limit = 0
+
+
+class ParkedFull(QueueFull):
+    """Too many requests already wait for a deployment with no ready replica."""
+
+    code = "parked_full"
+
+    def __init__(self, deployment_id: str, limit: int) -> None:
+        RouterError.__init__(self, (
+            f"deployment {deployment_id!r} is waking from zero and has {limit} requests "
+            f"parked already (its parked_limit); retry later"))
+        self.deployment_id = deployment_id
+        self.limit = limit
+
+
 class NoReplica(RouterError):
     type = "service_unavailable"
     code = "no_replica"
