@@ -211,7 +211,11 @@ def main(argv: list[str]) -> int:
         ctl.apply(mcm_url, management_key, parsed)
         dep = parsed.deployments[0]
         print(f"deployed {dep.id} ({dep.engine}); logs in {stack.logs}", flush=True)
-        asyncio.run(_wait_ready(url, admin, dep.id, ns.ready_timeout))
+        if dep.to_record().desired_replicas == 0:  # autoscaled from zero: nothing to wait for
+            print(f"{dep.id} is at 0 replicas: the first request wakes it (it is parked "
+                  "meanwhile); `basalt status` shows the autoscaler's decisions", flush=True)
+        else:
+            asyncio.run(_wait_ready(url, admin, dep.id, ns.ready_timeout))
         _banner(ns, key, dep.model)
         _wait_for_ctrl_c()
     except KeyboardInterrupt:
