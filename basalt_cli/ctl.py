@@ -94,7 +94,7 @@ def status(url: str, key: str | None) -> str:
                            else auto.get("reason") or "autoscaled")
                 deps.append([d["id"], d["model"], d["spec"].get("engine", ""), d["status"],
                              str(d["desired_replicas"]), str(d["active_replica_count"]),
-                             scaling, ",".join(d["environments"]) or "-"])
+                             ",".join(d["environments"]) or "-", scaling])
                 if not d["replica_count"]:
                     continue
                 detail = _check(c.get(f"/v1/models/{model['name']}/deployments/{d['id']}"))
@@ -102,8 +102,8 @@ def status(url: str, key: str | None) -> str:
                     reps.append([r.get("id", ""), d["id"], r.get("state", ""),
                                  r.get("region", ""), r.get("zone", ""), r.get("cluster", ""),
                                  r.get("grpc_address", "")])
-    out = _table(deps, ["DEPLOYMENT", "MODEL", "ENGINE", "STATUS", "DESIRED", "READY", "SCALING",
-                        "ENVIRONMENTS"])
+    out = _table(deps, ["DEPLOYMENT", "MODEL", "ENGINE", "STATUS", "DESIRED", "READY",
+                        "ENVIRONMENTS", "SCALING"])
     if reps:
         out += "\n\n" + _table(reps, ["REPLICA", "DEPLOYMENT", "STATE", "REGION", "ZONE", "CLUSTER", "ADDRESS"])
     return out

@@ -52,6 +52,7 @@ def test_deploy_status_scale_promote_logs(nats_server: NatsServer, tmp_path: Pat
         assert out.returncode == 0, out.stderr
         rows = _until_ready(mcm, "cli-v1", 1)
         assert rows["cli-v1"][6] == "production" and rows["cli-v1"][2] == "sim"
+        assert rows["cli-v1"][7] == "fixed"  # no autoscaling settings: a fixed count
 
         assert _basalt(mcm, "scale", "cli-v1", "2").returncode == 0
         rows = _until_ready(mcm, "cli-v1", 2)
