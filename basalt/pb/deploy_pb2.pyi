@@ -66,7 +66,7 @@ class LoraAdapter(_message.Message):
     def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class DeploymentSpec(_message.Message):
-    __slots__ = ("engine", "model_path", "engine_args", "accelerator", "accelerator_count", "allowed_regions", "preferred_regions", "routing_policy", "queue_limit", "queue_timeout_s", "loras", "autoscaling", "request_backpressure_policy", "parked_limit", "parked_timeout_s")
+    __slots__ = ("engine", "model_path", "engine_args", "accelerator", "accelerator_count", "allowed_regions", "preferred_regions", "routing_policy", "queue_limit", "queue_timeout_s", "loras", "autoscaling", "request_backpressure_policy", "parked_limit", "parked_timeout_s", "weights")
     class EngineArgsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class DeploymentSpec(_message.Message):
     REQUEST_BACKPRESSURE_POLICY_FIELD_NUMBER: _ClassVar[int]
     PARKED_LIMIT_FIELD_NUMBER: _ClassVar[int]
     PARKED_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     engine: str
     model_path: str
     engine_args: _containers.ScalarMap[str, str]
@@ -104,7 +105,20 @@ class DeploymentSpec(_message.Message):
     request_backpressure_policy: str
     parked_limit: int
     parked_timeout_s: float
-    def __init__(self, engine: _Optional[str] = ..., model_path: _Optional[str] = ..., engine_args: _Optional[_Mapping[str, str]] = ..., accelerator: _Optional[str] = ..., accelerator_count: _Optional[int] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., preferred_regions: _Optional[_Iterable[str]] = ..., routing_policy: _Optional[str] = ..., queue_limit: _Optional[int] = ..., queue_timeout_s: _Optional[float] = ..., loras: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., autoscaling: _Optional[_Union[AutoscalingSettings, _Mapping]] = ..., request_backpressure_policy: _Optional[str] = ..., parked_limit: _Optional[int] = ..., parked_timeout_s: _Optional[float] = ...) -> None: ...
+    weights: WeightsSource
+    def __init__(self, engine: _Optional[str] = ..., model_path: _Optional[str] = ..., engine_args: _Optional[_Mapping[str, str]] = ..., accelerator: _Optional[str] = ..., accelerator_count: _Optional[int] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., preferred_regions: _Optional[_Iterable[str]] = ..., routing_policy: _Optional[str] = ..., queue_limit: _Optional[int] = ..., queue_timeout_s: _Optional[float] = ..., loras: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., autoscaling: _Optional[_Union[AutoscalingSettings, _Mapping]] = ..., request_backpressure_policy: _Optional[str] = ..., parked_limit: _Optional[int] = ..., parked_timeout_s: _Optional[float] = ..., weights: _Optional[_Union[WeightsSource, _Mapping]] = ...) -> None: ...
+
+class WeightsSource(_message.Message):
+    __slots__ = ("uri", "revision", "token_secret", "allow_patterns")
+    URI_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_SECRET_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PATTERNS_FIELD_NUMBER: _ClassVar[int]
+    uri: str
+    revision: str
+    token_secret: str
+    allow_patterns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, uri: _Optional[str] = ..., revision: _Optional[str] = ..., token_secret: _Optional[str] = ..., allow_patterns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeploymentRecord(_message.Message):
     __slots__ = ("id", "model", "spec", "status", "desired_replicas", "kind", "created_ts", "generation")

@@ -24,29 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x61salt/pb/events.proto\x12\tbasalt.v1\"\x93\x01\n\x0b\x42lockStored\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x04\x12\x1e\n\x11parent_block_hash\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x12\n\nblock_size\x18\x04 \x01(\r\x12\x11\n\tlora_name\x18\x05 \x01(\tB\x14\n\x12_parent_block_hash\"$\n\x0c\x42lockRemoved\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x04\"\x12\n\x10\x41llBlocksCleared\"\x98\x01\n\x07KvEvent\x12(\n\x06stored\x18\x01 \x01(\x0b\x32\x16.basalt.v1.BlockStoredH\x00\x12*\n\x07removed\x18\x02 \x01(\x0b\x32\x17.basalt.v1.BlockRemovedH\x00\x12.\n\x07\x63leared\x18\x03 \x01(\x0b\x32\x1b.basalt.v1.AllBlocksClearedH\x00\x42\x07\n\x05\x65vent\"\x81\x01\n\x0cKvEventBatch\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\n\n\x02ts\x18\x03 \x01(\x01\x12\"\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x12.basalt.v1.KvEvent\x12\r\n\x05\x65poch\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x0f \x01(\x0c\"O\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p90_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\r\"\xb3\x02\n\nLoadReport\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\n\n\x02ts\x18\x03 \x01(\x01\x12\x13\n\x0bnum_running\x18\x04 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x05 \x01(\r\x12\x10\n\x08kv_usage\x18\x06 \x01(\x01\x12\x17\n\x0fkv_blocks_total\x18\x07 \x01(\r\x12\x18\n\x10kv_blocks_active\x18\x08 \x01(\r\x12\'\n\x04ttft\x18\t \x01(\x0b\x32\x19.basalt.v1.LatencySummary\x12&\n\x03itl\x18\n \x01(\x0b\x32\x19.basalt.v1.LatencySummary\x12\x1e\n\x16generated_tokens_total\x18\x0b \x01(\x04\x12\x11\n\tsignature\x18\x0f \x01(\x0c\"\xa7\x03\n\rReplicaRecord\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x14\n\x0cgrpc_address\x18\x05 \x01(\t\x12\x0e\n\x06region\x18\x06 \x01(\t\x12\x0c\n\x04zone\x18\x07 \x01(\t\x12\x0f\n\x07\x63luster\x18\x08 \x01(\t\x12\x15\n\rlora_adapters\x18\t \x03(\t\x12\x15\n\rkv_block_size\x18\n \x01(\r\x12\x17\n\x0fkv_blocks_total\x18\x0b \x01(\r\x12&\n\x05state\x18\x0c \x01(\x0e\x32\x17.basalt.v1.ReplicaState\x12\x14\n\x0cheartbeat_ts\x18\r \x01(\x01\x12\r\n\x05owner\x18\x0e \x01(\t\x12\x15\n\rmax_model_len\x18\x0f \x01(\r\x12\r\n\x05\x65poch\x18\x10 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x11 \x01(\t\x12\x12\n\nstarted_ts\x18\x12 \x01(\x01\x12\x10\n\x08ready_ts\x18\x13 \x01(\x01\x12\x11\n\tsignature\x18\x1e \x01(\x0c*}\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REPLICA_STATE_LOADING\x10\x01\x12\x17\n\x13REPLICA_STATE_READY\x10\x02\x12\x1a\n\x16REPLICA_STATE_DRAINING\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x61salt/pb/events.proto\x12\tbasalt.v1\"\xef\x01\n\x0bStartPhases\x12\x11\n\tplaced_ts\x18\x01 \x01(\x01\x12\x12\n\nfetched_ts\x18\x02 \x01(\x01\x12\x15\n\rfetched_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04tier\x18\x04 \x01(\t\x12\x13\n\x0blaunched_ts\x18\x05 \x01(\x01\x12\x11\n\tloaded_ts\x18\x06 \x01(\x01\x12\x15\n\rweights_bytes\x18\x07 \x01(\x04\x12\x18\n\x10load_bytes_per_s\x18\x08 \x01(\x01\x12\x11\n\tengine_ts\x18\t \x01(\x01\x12\x10\n\x08ready_ts\x18\n \x01(\x01\x12\x16\n\x0e\x66irst_token_ts\x18\x0b \x01(\x01\"\x93\x01\n\x0b\x42lockStored\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x04\x12\x1e\n\x11parent_block_hash\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x12\n\nblock_size\x18\x04 \x01(\r\x12\x11\n\tlora_name\x18\x05 \x01(\tB\x14\n\x12_parent_block_hash\"$\n\x0c\x42lockRemoved\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x04\"\x12\n\x10\x41llBlocksCleared\"\x98\x01\n\x07KvEvent\x12(\n\x06stored\x18\x01 \x01(\x0b\x32\x16.basalt.v1.BlockStoredH\x00\x12*\n\x07removed\x18\x02 \x01(\x0b\x32\x17.basalt.v1.BlockRemovedH\x00\x12.\n\x07\x63leared\x18\x03 \x01(\x0b\x32\x1b.basalt.v1.AllBlocksClearedH\x00\x42\x07\n\x05\x65vent\"\x81\x01\n\x0cKvEventBatch\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\n\n\x02ts\x18\x03 \x01(\x01\x12\"\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x12.basalt.v1.KvEvent\x12\r\n\x05\x65poch\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x0f \x01(\x0c\"O\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p90_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\r\"\xb3\x02\n\nLoadReport\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\n\n\x02ts\x18\x03 \x01(\x01\x12\x13\n\x0bnum_running\x18\x04 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x05 \x01(\r\x12\x10\n\x08kv_usage\x18\x06 \x01(\x01\x12\x17\n\x0fkv_blocks_total\x18\x07 \x01(\r\x12\x18\n\x10kv_blocks_active\x18\x08 \x01(\r\x12\'\n\x04ttft\x18\t \x01(\x0b\x32\x19.basalt.v1.LatencySummary\x12&\n\x03itl\x18\n \x01(\x0b\x32\x19.basalt.v1.LatencySummary\x12\x1e\n\x16generated_tokens_total\x18\x0b \x01(\x04\x12\x11\n\tsignature\x18\x0f \x01(\x0c\"\xe8\x03\n\rReplicaRecord\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x14\n\x0cgrpc_address\x18\x05 \x01(\t\x12\x0e\n\x06region\x18\x06 \x01(\t\x12\x0c\n\x04zone\x18\x07 \x01(\t\x12\x0f\n\x07\x63luster\x18\x08 \x01(\t\x12\x15\n\rlora_adapters\x18\t \x03(\t\x12\x15\n\rkv_block_size\x18\n \x01(\r\x12\x17\n\x0fkv_blocks_total\x18\x0b \x01(\r\x12&\n\x05state\x18\x0c \x01(\x0e\x32\x17.basalt.v1.ReplicaState\x12\x14\n\x0cheartbeat_ts\x18\r \x01(\x01\x12\r\n\x05owner\x18\x0e \x01(\t\x12\x15\n\rmax_model_len\x18\x0f \x01(\r\x12\r\n\x05\x65poch\x18\x10 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x11 \x01(\t\x12\x12\n\nstarted_ts\x18\x12 \x01(\x01\x12\x10\n\x08ready_ts\x18\x13 \x01(\x01\x12%\n\x05start\x18\x14 \x01(\x0b\x32\x16.basalt.v1.StartPhases\x12\x18\n\x10weights_revision\x18\x15 \x01(\t\x12\x11\n\tsignature\x18\x1e \x01(\x0c*}\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REPLICA_STATE_LOADING\x10\x01\x12\x17\n\x13REPLICA_STATE_READY\x10\x02\x12\x1a\n\x16REPLICA_STATE_DRAINING\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'basalt.pb.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICASTATE']._serialized_start=1349
-  _globals['_REPLICASTATE']._serialized_end=1474
-  _globals['_BLOCKSTORED']._serialized_start=38
-  _globals['_BLOCKSTORED']._serialized_end=185
-  _globals['_BLOCKREMOVED']._serialized_start=187
-  _globals['_BLOCKREMOVED']._serialized_end=223
-  _globals['_ALLBLOCKSCLEARED']._serialized_start=225
-  _globals['_ALLBLOCKSCLEARED']._serialized_end=243
-  _globals['_KVEVENT']._serialized_start=246
-  _globals['_KVEVENT']._serialized_end=398
-  _globals['_KVEVENTBATCH']._serialized_start=401
-  _globals['_KVEVENTBATCH']._serialized_end=530
-  _globals['_LATENCYSUMMARY']._serialized_start=532
-  _globals['_LATENCYSUMMARY']._serialized_end=611
-  _globals['_LOADREPORT']._serialized_start=614
-  _globals['_LOADREPORT']._serialized_end=921
-  _globals['_REPLICARECORD']._serialized_start=924
-  _globals['_REPLICARECORD']._serialized_end=1347
+  _globals['_REPLICASTATE']._serialized_start=1656
+  _globals['_REPLICASTATE']._serialized_end=1781
+  _globals['_STARTPHASES']._serialized_start=38
+  _globals['_STARTPHASES']._serialized_end=277
+  _globals['_BLOCKSTORED']._serialized_start=280
+  _globals['_BLOCKSTORED']._serialized_end=427
+  _globals['_BLOCKREMOVED']._serialized_start=429
+  _globals['_BLOCKREMOVED']._serialized_end=465
+  _globals['_ALLBLOCKSCLEARED']._serialized_start=467
+  _globals['_ALLBLOCKSCLEARED']._serialized_end=485
+  _globals['_KVEVENT']._serialized_start=488
+  _globals['_KVEVENT']._serialized_end=640
+  _globals['_KVEVENTBATCH']._serialized_start=643
+  _globals['_KVEVENTBATCH']._serialized_end=772
+  _globals['_LATENCYSUMMARY']._serialized_start=774
+  _globals['_LATENCYSUMMARY']._serialized_end=853
+  _globals['_LOADREPORT']._serialized_start=856
+  _globals['_LOADREPORT']._serialized_end=1163
+  _globals['_REPLICARECORD']._serialized_start=1166
+  _globals['_REPLICARECORD']._serialized_end=1654
 # @@protoc_insertion_point(module_scope)

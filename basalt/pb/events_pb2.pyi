@@ -18,6 +18,32 @@ REPLICA_STATE_LOADING: ReplicaState
 REPLICA_STATE_READY: ReplicaState
 REPLICA_STATE_DRAINING: ReplicaState
 
+class StartPhases(_message.Message):
+    __slots__ = ("placed_ts", "fetched_ts", "fetched_bytes", "tier", "launched_ts", "loaded_ts", "weights_bytes", "load_bytes_per_s", "engine_ts", "ready_ts", "first_token_ts")
+    PLACED_TS_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_TS_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    LAUNCHED_TS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_TS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOAD_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_TS_FIELD_NUMBER: _ClassVar[int]
+    READY_TS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_TS_FIELD_NUMBER: _ClassVar[int]
+    placed_ts: float
+    fetched_ts: float
+    fetched_bytes: int
+    tier: str
+    launched_ts: float
+    loaded_ts: float
+    weights_bytes: int
+    load_bytes_per_s: float
+    engine_ts: float
+    ready_ts: float
+    first_token_ts: float
+    def __init__(self, placed_ts: _Optional[float] = ..., fetched_ts: _Optional[float] = ..., fetched_bytes: _Optional[int] = ..., tier: _Optional[str] = ..., launched_ts: _Optional[float] = ..., loaded_ts: _Optional[float] = ..., weights_bytes: _Optional[int] = ..., load_bytes_per_s: _Optional[float] = ..., engine_ts: _Optional[float] = ..., ready_ts: _Optional[float] = ..., first_token_ts: _Optional[float] = ...) -> None: ...
+
 class BlockStored(_message.Message):
     __slots__ = ("block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_name")
     BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
@@ -109,7 +135,7 @@ class LoadReport(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., deployment: _Optional[str] = ..., ts: _Optional[float] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_active: _Optional[int] = ..., ttft: _Optional[_Union[LatencySummary, _Mapping]] = ..., itl: _Optional[_Union[LatencySummary, _Mapping]] = ..., generated_tokens_total: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ReplicaRecord(_message.Message):
-    __slots__ = ("replica_id", "deployment", "model", "engine", "grpc_address", "region", "zone", "cluster", "lora_adapters", "kv_block_size", "kv_blocks_total", "state", "heartbeat_ts", "owner", "max_model_len", "epoch", "metrics_address", "started_ts", "ready_ts", "signature")
+    __slots__ = ("replica_id", "deployment", "model", "engine", "grpc_address", "region", "zone", "cluster", "lora_adapters", "kv_block_size", "kv_blocks_total", "state", "heartbeat_ts", "owner", "max_model_len", "epoch", "metrics_address", "started_ts", "ready_ts", "start", "weights_revision", "signature")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +155,8 @@ class ReplicaRecord(_message.Message):
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STARTED_TS_FIELD_NUMBER: _ClassVar[int]
     READY_TS_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_REVISION_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     deployment: str
@@ -149,5 +177,7 @@ class ReplicaRecord(_message.Message):
     metrics_address: str
     started_ts: float
     ready_ts: float
+    start: StartPhases
+    weights_revision: str
     signature: bytes
-    def __init__(self, replica_id: _Optional[str] = ..., deployment: _Optional[str] = ..., model: _Optional[str] = ..., engine: _Optional[str] = ..., grpc_address: _Optional[str] = ..., region: _Optional[str] = ..., zone: _Optional[str] = ..., cluster: _Optional[str] = ..., lora_adapters: _Optional[_Iterable[str]] = ..., kv_block_size: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., heartbeat_ts: _Optional[float] = ..., owner: _Optional[str] = ..., max_model_len: _Optional[int] = ..., epoch: _Optional[str] = ..., metrics_address: _Optional[str] = ..., started_ts: _Optional[float] = ..., ready_ts: _Optional[float] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, replica_id: _Optional[str] = ..., deployment: _Optional[str] = ..., model: _Optional[str] = ..., engine: _Optional[str] = ..., grpc_address: _Optional[str] = ..., region: _Optional[str] = ..., zone: _Optional[str] = ..., cluster: _Optional[str] = ..., lora_adapters: _Optional[_Iterable[str]] = ..., kv_block_size: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., heartbeat_ts: _Optional[float] = ..., owner: _Optional[str] = ..., max_model_len: _Optional[int] = ..., epoch: _Optional[str] = ..., metrics_address: _Optional[str] = ..., started_ts: _Optional[float] = ..., ready_ts: _Optional[float] = ..., start: _Optional[_Union[StartPhases, _Mapping]] = ..., weights_revision: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
