@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from basalt.pb import deploy_pb2
+from basalt.weights import normal_uri, uri_problem
 
 ROUTING_POLICIES = ("kv", "round_robin", "least_loaded", "random", "session")
 
@@ -39,6 +40,30 @@ class Autoscaling(BaseModel):
         return deploy_pb2.AutoscalingSettings(**self.model_dump())
 
 
+class Weights(BaseModel):
+    """Where a deployment's weights come from; the node's coldstart service fetches them
+    into its cache before a replica starts (Truss's `model_cache` / `weights` idea)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # A folder, http(s)://<base> (serving basalt-manifest.json), hf://<repo_id>, s3://, gs://.
+    uri: str = Field(min_length=1, max_length=2048)
+    revision: str = Field("", max_length=256)
+    token_secret: str = Field("", max_length=128, pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    allow_patterns: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if problem := uri_problem(v):
+            raise ValueError(problem)
+        return v
+
+    def to_proto(self) -> deploy_pb2.WeightsSource:
+        return deploy_pb2.WeightsSource(uri=self.uri, revision=self.revision,
+                                        token_secret=self.token_secret,
+                                        allow_patterns=self.allow_patterns)
+
+
 class Lora(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=128)
@@ -62,6 +87,8 @@ class Deployment(BaseModel):
     queue_limit: int = Field(64, ge=0, le=100_000)
     queue_timeout_s: float = Field(30.0, gt=0, le=3600)
     loras: list[Lora] = Field(default_factory=list)
+    # Given: a replica loads its weights from the node cache (see Weights).
+    weights: Weights | None = None
     # Given: the autoscaler sets the replica count within these settings; absent: the count
     # is fixed at `replicas` (and `basalt scale`).
     autoscaling: Autoscaling | None = None
@@ -83,6 +110,7 @@ class Deployment(BaseModel):
             autoscaling=self.autoscaling.to_proto() if self.autoscaling else None,
             request_backpressure_policy=self.request_backpressure_policy,
             parked_limit=self.parked_limit, parked_timeout_s=self.parked_timeout_s,
+            weights=self.weights.to_proto() if self.weights else None,
         )
 
     def to_record(self, created_ts: float = 0.0) -> deploy_pb2.DeploymentRecord:
@@ -128,4 +156,6 @@ def load(path: str | Path, base_dir: Path | None = None) -> DeployFile:
         for lora in dep.loras:
             if not Path(lora.path).is_absolute():
                 lora.path = str((base / lora.path).resolve())
+        if dep.weights and "://" not in dep.weights.uri:
+            dep.weights.uri = normal_uri(str(base / dep.weights.uri))
     return parsed

@@ -13,6 +13,8 @@ Roles:
 - `autoscaler`: reads deployments, replica records and applied scale commands; subscribes to
   request records, load reports, demand reports and wakes; publishes scale commands; writes
   only its own buckets (decisions and the leader lease).
+- `coldstart`: a node's weight cache; consumes the weights stream, writes the weights bucket,
+  publishes progress, reads replica records (a revision a live replica uses is never evicted).
 - `admin`: key administration (`basalt keys`, `basalt up`): the only writer of API keys;
   reads replica records (for `basalt up`'s wait).
 
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 
 from basalt import subjects
 
-ROLES = ("mcm", "router", "runtime", "admin", "autoscaler")
+ROLES = ("mcm", "router", "runtime", "admin", "autoscaler", "coldstart")
 
 
 def inbox_prefix(public_key: str) -> str:
@@ -79,7 +81,8 @@ def permissions(role: str, public_key: str) -> Permissions:
             *_read_bucket(b.SCALE_APPLIED_BUCKET), *_write_bucket(b.SCALE_APPLIED_BUCKET),
             *_read_bucket(b.REPLICAS_BUCKET), *_read_bucket(b.API_KEYS_BUCKET),
             *_consume_stream(b.SCALE_STREAM), b.SCALE_ALL, b.WAKE_ALL,
-            *_read_bucket(b.AUTOSCALER_BUCKET),
+            *_read_bucket(b.AUTOSCALER_BUCKET), *_read_bucket(b.WEIGHTS_BUCKET),
+            *_stream(b.WEIGHTS_STREAM), b.WEIGHTS_FETCH_ALL,
         ]
         sub: list[str] = []
     elif role == "router":
@@ -101,10 +104,19 @@ def permissions(role: str, public_key: str) -> Permissions:
             *_stream(b.SCALE_STREAM), b.SCALE_ALL,
         ]
         sub = [b.REQUESTS_ALL, b.LOAD_ALL, b.DEMAND_ALL, b.WAKE_ALL]
-    elif role == "admin":
-        pub = [*_read_bucket(b.API_KEYS_BUCKET), *_write_bucket(b.API_KEYS_BUCKET),
-               *_read_bucket(b.REPLICAS_BUCKET)]
+    elif role == "coldstart":
+        pub = [
+            *_read_bucket(b.WEIGHTS_BUCKET), *_write_bucket(b.WEIGHTS_BUCKET),
+            *_read_bucket(b.REPLICAS_BUCKET), *_consume_stream(b.WEIGHTS_STREAM),
+            b.WEIGHTS_PROGRESS_ALL,
+        ]
         sub = []
+    elif role == "admin":
+        # Also `basalt weights pull`: asks a node for a revision and watches its progress.
+        pub = [*_read_bucket(b.API_KEYS_BUCKET), *_write_bucket(b.API_KEYS_BUCKET),
+               *_read_bucket(b.REPLICAS_BUCKET), *_read_bucket(b.WEIGHTS_BUCKET),
+               *_stream(b.WEIGHTS_STREAM), b.WEIGHTS_FETCH_ALL]
+        sub = [b.WEIGHTS_PROGRESS_ALL]
     else:
         raise ValueError(f"unknown NATS role {role!r}; roles: {', '.join(ROLES)}")
     return Permissions(tuple(dict.fromkeys(pub)), (inbox, *sub))

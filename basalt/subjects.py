@@ -83,3 +83,26 @@ def demand(deployment_id: str) -> str:
 
 def wake(deployment_id: str) -> str:
     return WAKE.format(deployment_id=deployment_id)
+
+# -- Node weight cache (services/coldstart) -----------------------------------------------
+
+# WeightsFetch commands, at-least-once: make a revision present on node <node>. The node's
+# coldstart service consumes its own subject with durable consumer "coldstart-<node>".
+WEIGHTS_STREAM = "BASALT_WEIGHTS"
+WEIGHTS_FETCH = "basalt.weights.fetch.{node}"
+WEIGHTS_FETCH_ALL = "basalt.weights.fetch.>"
+# NodeWeights per node, key = node: what its cache holds, its measured bandwidth, heartbeat.
+WEIGHTS_BUCKET = "basalt_weights"
+# WeightsProgress of a node's fetches, a few times a second (core NATS).
+WEIGHTS_PROGRESS = "basalt.weights.progress.{node}"
+WEIGHTS_PROGRESS_ALL = "basalt.weights.progress.>"
+# A node record older than this means no coldstart service runs there.
+WEIGHTS_STALE_S = 20.0
+
+
+def weights_fetch(node: str) -> str:
+    return WEIGHTS_FETCH.format(node=node)
+
+
+def weights_progress(node: str) -> str:
+    return WEIGHTS_PROGRESS.format(node=node)

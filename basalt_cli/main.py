@@ -15,9 +15,11 @@ commands:
   runtime            run one replica (basalt runtime --help)
   router             run the router (basalt router --help)
   autoscaler         run the autoscaler (basalt autoscaler --help)
+  coldstart          run one node's weight cache (basalt coldstart --help)
+  weights pull|ls|manifest   fetch a revision into a node's cache (progress bar); list caches
   keys create|list|revoke   API keys (stored hashed in NATS KV; shown once)
   make-tiny-model    build the tiny test model (random weights, local tokenizer) into DIR
-  bench              run a benchmark: basalt bench {runtime,index,routing,chaos,autoscale} --help
+  bench              run a benchmark: basalt bench {runtime,index,routing,chaos,autoscale,coldstart} --help
   up                 start the local stack (basalt up --help)
   mcm                run the control plane (basalt mcm --help)
   deploy FILE        create or update the deployments in a file
@@ -129,7 +131,7 @@ def _key_table(records: list, now: float) -> str:
 
 def _bench(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
-        print("usage: basalt bench {runtime,index,routing,chaos,autoscale} [--help]")
+        print("usage: basalt bench {runtime,index,routing,chaos,autoscale,coldstart} [--help]")
         return 0 if args else 2
     name, rest = args[0], args[1:]
     if name == "runtime":
@@ -142,6 +144,8 @@ def _bench(args: list[str]) -> int:
         from bench.chaos import main as bench_main
     elif name == "autoscale":
         from bench.autoscale import main as bench_main
+    elif name == "coldstart":
+        from bench.coldstart import main as bench_main
     else:
         print(f"basalt bench: unknown benchmark {name!r}", file=sys.stderr)
         return 2
@@ -172,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         from services.autoscaler.main import main as autoscaler_main
 
         return autoscaler_main(rest)
+    if cmd == "coldstart":
+        from services.coldstart.main import main as coldstart_main
+
+        return coldstart_main(rest)
+    if cmd == "weights":
+        from basalt_cli.weights import main as weights_main
+
+        return weights_main(rest)
     if cmd in ("deploy", "status", "scale", "wake", "promote", "logs"):
         from basalt_cli.ctl import main as ctl_main
 

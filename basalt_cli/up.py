@@ -1,5 +1,5 @@
-"""`basalt up`: the local stack in one command — nats-server, mcm, router, autoscaler, the
-default deployment — until Ctrl-C, which stops everything (does I/O: processes, HTTP, NATS)."""
+"""`basalt up`: the local stack in one command — nats-server, the node's weight cache
+(coldstart), mcm, router, autoscaler, the default deployment — until Ctrl-C, which stops everything (does I/O: processes, HTTP, NATS)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ class Stack:
         return json.loads(path.read_text())
 
     def stop(self) -> None:
-        for name in reversed(list(self.procs)):  # autoscaler, router, then mcm (it stops replicas)
+        # autoscaler, router, mcm (it stops replicas), then the weight cache
+        for name in reversed(list(self.procs)):
             proc = self.procs[name]
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -176,11 +177,22 @@ def main(argv: list[str]) -> int:
         parsed = deployfile.load(path, base_dir=path.parent)
         # The control plane starts code only from these: the state dir's models and what the
         # file this command deploys names (the operator chose it).
-        roots = sorted({str(state / "models"), *(p for d in parsed.deployments
-                                                  for p in (d.model_path, *(x.path for x in d.loras))
-                                                  if p)})
-        for f in ("mcm.ready.json", "router.ready.json", "autoscaler.ready.json"):
+        roots = sorted({str(state / "models"), *(
+            p for d in parsed.deployments
+            for p in (d.model_path, *(x.path for x in d.loras),
+                      d.weights.uri if d.weights and "://" not in d.weights.uri else "")
+            if p)})
+        for f in ("coldstart.ready.json", "mcm.ready.json", "router.ready.json",
+                  "autoscaler.ready.json"):
             (state / f).unlink(missing_ok=True)
+        # The node's weight cache first: the control plane asks it for the weights before it
+        # starts a replica (node "local" = the local provider's cluster).
+        stack.start("coldstart", ["services.coldstart", "--nats-url", url, "--node", "local",
+                                  "--cache-dir", str(state / "coldstart"),
+                                  "--nats-creds", str(creds("coldstart")),
+                                  "--replica-secret-file", str(replica_secret),
+                                  "--secrets-dir", str(secrets_dir / "weights"), *tls_args,
+                                  "--ready-file", str(state / "coldstart.ready.json")])
         stack.start("mcm", ["services.mcm", "--nats-url", url, "--http-port", str(ns.mcm_port),
                             "--provider", "local", "--state-dir", str(state / "mcm"),
                             "--stop-replicas-on-exit", "--auth",
@@ -198,6 +210,7 @@ def main(argv: list[str]) -> int:
                                    "--nats-creds", str(creds("autoscaler")),
                                    "--replica-secret-file", str(replica_secret), *tls_args,
                                    "--ready-file", str(state / "autoscaler.ready.json")])
+        stack.wait_file("coldstart", state / "coldstart.ready.json", 60)
         stack.wait_file("mcm", state / "mcm.ready.json", 60)
         stack.wait_file("router", state / "router.ready.json", 60)
         stack.wait_file("autoscaler", state / "autoscaler.ready.json", 60)

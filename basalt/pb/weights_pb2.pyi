@@ -44,7 +44,7 @@ class WeightsFetch(_message.Message):
     def __init__(self, command_id: _Optional[str] = ..., node: _Optional[str] = ..., source: _Optional[_Union[_deploy_pb2.WeightsSource, _Mapping]] = ..., replica_id: _Optional[str] = ..., requested_ts: _Optional[float] = ...) -> None: ...
 
 class WeightsRevision(_message.Message):
-    __slots__ = ("key", "source", "resolved", "state", "total_bytes", "present_bytes", "path", "error", "fetched_ts", "last_used_ts", "warm_bytes", "files")
+    __slots__ = ("key", "source", "resolved", "state", "total_bytes", "present_bytes", "path", "error", "fetched_ts", "last_used_ts", "warm_bytes", "files", "fetched_bytes", "done")
     KEY_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,8 @@ class WeightsRevision(_message.Message):
     LAST_USED_TS_FIELD_NUMBER: _ClassVar[int]
     WARM_BYTES_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
     key: str
     source: _deploy_pb2.WeightsSource
     resolved: str
@@ -69,7 +71,23 @@ class WeightsRevision(_message.Message):
     last_used_ts: float
     warm_bytes: int
     files: int
-    def __init__(self, key: _Optional[str] = ..., source: _Optional[_Union[_deploy_pb2.WeightsSource, _Mapping]] = ..., resolved: _Optional[str] = ..., state: _Optional[_Union[WeightsState, str]] = ..., total_bytes: _Optional[int] = ..., present_bytes: _Optional[int] = ..., path: _Optional[str] = ..., error: _Optional[str] = ..., fetched_ts: _Optional[float] = ..., last_used_ts: _Optional[float] = ..., warm_bytes: _Optional[int] = ..., files: _Optional[int] = ...) -> None: ...
+    fetched_bytes: int
+    done: _containers.RepeatedCompositeFieldContainer[WeightsDone]
+    def __init__(self, key: _Optional[str] = ..., source: _Optional[_Union[_deploy_pb2.WeightsSource, _Mapping]] = ..., resolved: _Optional[str] = ..., state: _Optional[_Union[WeightsState, str]] = ..., total_bytes: _Optional[int] = ..., present_bytes: _Optional[int] = ..., path: _Optional[str] = ..., error: _Optional[str] = ..., fetched_ts: _Optional[float] = ..., last_used_ts: _Optional[float] = ..., warm_bytes: _Optional[int] = ..., files: _Optional[int] = ..., fetched_bytes: _Optional[int] = ..., done: _Optional[_Iterable[_Union[WeightsDone, _Mapping]]] = ...) -> None: ...
+
+class WeightsDone(_message.Message):
+    __slots__ = ("command_id", "tier", "fetched_bytes", "ts", "error")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    tier: str
+    fetched_bytes: int
+    ts: float
+    error: str
+    def __init__(self, command_id: _Optional[str] = ..., tier: _Optional[str] = ..., fetched_bytes: _Optional[int] = ..., ts: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class NodeWeights(_message.Message):
     __slots__ = ("node", "revisions", "budget_bytes", "used_bytes", "fetch_bytes_per_s", "read_bytes_per_s", "queued_bytes", "heartbeat_ts")

@@ -254,7 +254,8 @@ async def _create(ctx: _Ctx, model: str, body: Any) -> dict:
         envs = await ctx.store.list_environments()
         rec = res.new_deployment(model, body, now, await ctx.store.list())
         if ctx.model_roots is not None:
-            paths = [rec.spec.model_path, *(x.path for x in rec.spec.loras)]
+            paths = [rec.spec.model_path, *(x.path for x in rec.spec.loras),
+                     res.local_weights(rec.spec.weights.uri)]
             res.check_model_roots(rec, {p: os.path.realpath(p) for p in paths if p},
                                   ctx.model_roots)
         try:

@@ -34,6 +34,7 @@ from .providers import LocalProvider, Provider, SimCloudProvider
 from .reconciler import Reconciler, ReconcilerSettings
 from .scale import ScaleConsumer
 from .store import Store
+from .weights import WeightsClient
 
 log = blog.get_logger(__name__)
 
@@ -155,6 +156,7 @@ async def run(s: McmSettings) -> int:
         ReconcilerSettings(nats_url=s.nats_url, block_ttl_s=s.block_ttl,
                            launch_timeout_s=s.launch_timeout, stale_after_s=s.stale_after,
                            replica_secret=secret, runtime_env=runtime_env(s)),
+        weights=await WeightsClient.open(nc),
     )
     scale = await ScaleConsumer.open(nc, store, on_applied=lambda _cmd: reconciler.poke())
     verifier = None

@@ -11,6 +11,7 @@ the cloud, region or zone its scope names for `block_ttl_s`; the next tick place
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -20,11 +21,12 @@ from typing import Any
 from google.protobuf.message import DecodeError
 from nats.js.kv import KeyValue
 
-from basalt import bus
+from basalt import bus, subjects
 from basalt.ids import ReplicaId
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2
 from basalt.replicaauth import replica_token, verify
+from basalt.weights import node_of_cluster, revision_key
 from services.mcm.core.blocklist import Blocklist
 from services.mcm.core.errors import PlacementError, ProviderError
 from services.mcm.core.inventory import Cluster, DeploymentId
@@ -41,9 +43,11 @@ from services.mcm.core.reconcile import (
     Target,
     plan,
 )
+from services.mcm.core.startcost import estimates
 from services.mcm.core.status import StartFailure, cluster_rows, status_doc
 
 from .store import Store
+from .weights import WeightsClient
 
 log = get_logger(__name__)
 
@@ -68,9 +72,10 @@ class ReconcilerSettings:
         return env
 
 
-def target_of(rec: deploy_pb2.DeploymentRecord) -> Target:
+def target_of(rec: deploy_pb2.DeploymentRecord,
+              start_s: Mapping[str, float] | None = None) -> Target:
     """What a deployment record asks for; only an ACTIVE one gets replicas (as the router
-    serves only ACTIVE ones)."""
+    serves only ACTIVE ones). `start_s`: estimated start seconds per cluster."""
     spec = rec.spec
     requirement = Requirement(
         accelerator=spec.accelerator, count=spec.accelerator_count,
@@ -78,7 +83,7 @@ def target_of(rec: deploy_pb2.DeploymentRecord) -> Target:
         preferred_regions=frozenset(spec.preferred_regions),
     )
     active = rec.status == deploy_pb2.DEPLOYMENT_STATUS_ACTIVE
-    return Target(rec.desired_replicas, requirement, active)
+    return Target(rec.desired_replicas, requirement, active, start_s=dict(start_s or {}))
 
 
 def launch_request(rec: deploy_pb2.DeploymentRecord, action: Launch, owner: str,
@@ -118,12 +123,15 @@ class Reconciler:
 
     def __init__(self, store: Store, replicas: KeyValue, provider: Provider, owner: str,
                  settings: ReconcilerSettings, *, seed: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 weights: WeightsClient | None = None) -> None:
         self.store = store
         self.replicas = replicas
         self.provider = provider
         self.owner = owner
         self.settings = settings
+        # The node weight caches: deployments with a `weights` source start through them.
+        self.weights = weights
         self.blocklist = Blocklist()
         # From the last plan: deployments short of replicas that no cluster fits, and why.
         self.unplaced: dict[DeploymentId, PlacementError] = {}
@@ -182,7 +190,9 @@ class Reconciler:
             launch_timeout_s=self.settings.launch_timeout_s,
             stopping=frozenset(self._stop_tasks) | frozenset(self.live.stopped),
         )
-        result = plan({d: target_of(r) for d, r in deployments.items()}, views, pending, ctx)
+        start_s = await self._start_estimates(deployments, clusters, now)
+        result = plan({d: target_of(r, start_s.get(d)) for d, r in deployments.items()}, views,
+                      pending, ctx)
         self._seq = result.next_seq
         self._log_unplaced(result.unplaced)
         self.last_plan = result
@@ -192,12 +202,30 @@ class Reconciler:
             elif self.live.backing_off(action.deployment_id, now):
                 continue
             else:
-                self._start_launch(launch_request(deployments[action.deployment_id], action,
-                                                  self.owner, self.settings.nats_url,
+                rec = deployments[action.deployment_id]
+                self._start_launch(launch_request(rec, action, self.owner,
+                                                  self.settings.nats_url,
                                                   self.settings.env_for(action.replica_id)),
-                                   action.cluster, now)
+                                   action.cluster, now,
+                                   rec.spec.weights if rec.spec.HasField("weights") else None)
         self.blocklist.prune(now)
         return result
+
+    async def _start_estimates(self, deployments: Mapping[DeploymentId, deploy_pb2.DeploymentRecord],
+                               clusters: list[Cluster], now: float
+                               ) -> dict[DeploymentId, dict[str, float]]:
+        """Estimated start seconds of each deployment with a weights source on each cluster."""
+        with_weights = {d: r for d, r in deployments.items() if r.spec.HasField("weights")}
+        if self.weights is None or not with_weights:
+            return {}
+        try:
+            nodes = await self.weights.nodes()
+        except Exception as e:  # noqa: BLE001 - placement without the estimate this tick
+            log.warning("node_weights_read_failed", error=str(e) or type(e).__name__)
+            return {}
+        names = [c.name for c in clusters]
+        return {d: estimates(revision_key(r.spec.weights), names, nodes, now,
+                             subjects.WEIGHTS_STALE_S) for d, r in with_weights.items()}
 
     def _log_unplaced(self, unplaced: dict[DeploymentId, PlacementError]) -> None:
         for dep, err in sorted(unplaced.items()):
@@ -257,17 +285,39 @@ class Reconciler:
 
     # -- acting ----------------------------------------------------------------------------
 
-    def _start_launch(self, req: LaunchRequest, cluster: Cluster, now: float) -> None:
+    def _start_launch(self, req: LaunchRequest, cluster: Cluster, now: float,
+                      weights: deploy_pb2.WeightsSource | None = None) -> None:
         rid = req.replica_id
         self._launching[rid] = PendingLaunch(rid, req.deployment_id, cluster.name, now,
                                              self.owner)
-        self._launch_tasks[rid] = asyncio.create_task(self._launch(req, cluster))
+        req = dataclasses.replace(req, env={**req.env, "BASALT_START_PLACED_TS": f"{time.time():.3f}"})
+        self._launch_tasks[rid] = asyncio.create_task(self._launch(req, cluster, weights))
 
-    async def _launch(self, req: LaunchRequest, cluster: Cluster) -> None:
+    async def _with_weights(self, req: LaunchRequest, cluster: Cluster,
+                            source: deploy_pb2.WeightsSource) -> LaunchRequest:
+        """Have the node's cache make the weights present, then point the replica at them."""
+        if self.weights is None:
+            raise RuntimeError("this control plane has no NATS connection for weight caches")
+        node = node_of_cluster(cluster.name)
+        pre = await self.weights.prefetch(node, source, req.replica_id,
+                                          self.settings.launch_timeout_s)
+        env = {**req.env, "BASALT_START_FETCHED_TS": f"{time.time():.3f}",
+               "BASALT_START_FETCHED_BYTES": str(pre.fetched_bytes),
+               "BASALT_START_TIER": pre.tier, "BASALT_START_WEIGHTS_REVISION": pre.key}
+        log.info("replica_weights_ready", replica_id=req.replica_id, node=node,
+                 key=pre.key, tier=pre.tier, fetched_bytes=pre.fetched_bytes, path=pre.path)
+        if req.engine == "python":
+            return dataclasses.replace(req, weights_dir=pre.path, env=env)
+        return dataclasses.replace(req, model_path=pre.path, env=env)
+
+    async def _launch(self, req: LaunchRequest, cluster: Cluster,
+                      weights: deploy_pb2.WeightsSource | None = None) -> None:
         rid = req.replica_id
         log.info("replica_launch", replica_id=rid, deployment=req.deployment_id,
                  cluster=cluster.name)
         try:
+            if weights is not None:
+                req = await self._with_weights(req, cluster, weights)
             self._launched[rid] = await self.provider.launch(req)
         except ProviderError as e:
             block = self.blocklist.block(e.scope, cluster, self._clock(),

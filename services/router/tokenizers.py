@@ -10,6 +10,18 @@ from basalt.pb import deploy_pb2
 from basalt.tokenizer import ByteTokenizer, load_tokenizer
 
 
+def tokenizer_dir(dep: deploy_pb2.DeploymentRecord) -> str:
+    """Where the router reads a deployment's tokenizer: its model folder, or the folder its
+    weights come from when that is on this host. A remote weights source (HTTP, the Hub, a
+    bucket) needs `model_path` naming a folder with the tokenizer files for now."""
+    spec = dep.spec
+    uri = spec.weights.uri if spec.HasField("weights") else ""
+    local = uri[len("file://"):] if uri.startswith("file://") else ("" if "://" in uri else uri)
+    if spec.engine != "python" and spec.model_path:
+        return spec.model_path
+    return local or spec.model_path
+
+
 class Tokenizers:
     def __init__(self) -> None:
         self._by_path: dict[str, Any] = {}
@@ -19,7 +31,7 @@ class Tokenizers:
     def for_deployment(self, dep: deploy_pb2.DeploymentRecord) -> Any:
         """The model's own tokenizer; a byte tokenizer for models with no tokenizer files
         (the simulator), matching what the runtime does."""
-        path = dep.spec.model_path
+        path = tokenizer_dir(dep)
         found = self._by_path.get(path)
         if found is None:
             has_files = bool(path) and (Path(path) / "tokenizer.json").exists()
@@ -29,7 +41,7 @@ class Tokenizers:
     async def get(self, dep: deploy_pb2.DeploymentRecord) -> Any:
         """`for_deployment`, loading a model's tokenizer in a thread the first time, so the
         event loop (and every stream on it) does not stall for the load."""
-        found = self._by_path.get(dep.spec.model_path)
+        found = self._by_path.get(tokenizer_dir(dep))
         if found is not None:
             return found
         async with self._loading:  # one load at a time: transformers' first import is not

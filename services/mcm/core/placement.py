@@ -9,6 +9,7 @@ dollars per hour so the terms add up:
           + latency_cost_per_ms * (traffic-weighted latency to the cluster's region)
           + spread_penalty * (this deployment's replicas already in that region)   [spread on]
           - preferred_bonus                                       [region is preferred]
+          + start_cost_per_s * (estimated start seconds on that cluster: core/startcost.py)
 
 Lowest score wins; equal scores go to the cluster whose name sorts first.
 """
@@ -55,6 +56,10 @@ class Weights:
     latency_cost_per_ms: float = 0.01
     spread_penalty: float = 0.5
     preferred_bonus: float = 1.0
+    # A second of cold start (fetching weights the node lacks, loading them) is worth this
+    # much: with equal prices the node holding the weights wins; a 60 s fetch weighs as much
+    # as $0.60/h, less than a cheaper GPU's usual saving.
+    start_cost_per_s: float = 0.01
 
 
 DEFAULT_WEIGHTS = Weights()
@@ -88,6 +93,8 @@ class Choice:
     latency_cost: float
     spread_penalty: float
     preference_bonus: float
+    start_s: float = 0.0
+    start_cost: float = 0.0
 
 
 @dataclass(slots=True)
@@ -127,12 +134,16 @@ def _rejection(req: Requirement, c: Cluster, usage: ClusterUsage, blocklist: Blo
 
 
 def _choice(req: Requirement, c: Cluster, existing_by_region: Mapping[str, int],
-            traffic: TrafficMix, latency: LatencyTable, w: Weights) -> Choice:
+            traffic: TrafficMix, latency: LatencyTable, w: Weights,
+            start_s: Mapping[str, float]) -> Choice:
     price = c.price_per_gpu_hour * req.units
     latency_cost = w.latency_cost_per_ms * latency.weighted_ms(c.region, traffic)
     spread = w.spread_penalty * existing_by_region.get(c.region, 0) if req.spread else 0.0
     bonus = w.preferred_bonus if c.region in req.preferred_regions else 0.0
-    return Choice(c, price + latency_cost + spread - bonus, price, latency_cost, spread, bonus)
+    start = start_s.get(c.name, 0.0)
+    start_cost = w.start_cost_per_s * start
+    return Choice(c, price + latency_cost + spread - bonus + start_cost, price, latency_cost,
+                  spread, bonus, start, start_cost)
 
 
 def evaluate(
@@ -145,8 +156,10 @@ def evaluate(
     now: float,
     latency: LatencyTable = NO_LATENCY,
     weights: Weights = DEFAULT_WEIGHTS,
+    start_s: Mapping[str, float] | None = None,
 ) -> Placement:
-    """Judge every cluster for one new replica of a deployment."""
+    """Judge every cluster for one new replica of a deployment; `start_s` holds its
+    estimated start seconds per cluster name (absent: 0)."""
     out = Placement(requirement)
     for c in sorted(clusters, key=lambda c: c.name):
         rejected = _rejection(requirement, c, usage, blocklist, now)
@@ -154,7 +167,7 @@ def evaluate(
             out.rejections.append(rejected)
         else:
             out.choices.append(_choice(requirement, c, existing_replicas_by_region, traffic,
-                                       latency, weights))
+                                       latency, weights, start_s or {}))
     out.choices.sort(key=lambda ch: (ch.score, ch.cluster.name))
     return out
 

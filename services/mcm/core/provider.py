@@ -26,7 +26,7 @@ RESERVED_FLAGS = frozenset({
     "cluster", "nats-url", "ready-file", "lora-modules",
     "grpc-host", "grpc-port", "advertise-host", "metrics-host", "metrics-port", "token",
     "nats-creds", "nats-tls-ca", "nats-tls-cert", "nats-tls-key", "nats-insecure", "lora-root",
-    "log-level",
+    "log-level", "weights-dir",
 })
 _FLAG = re.compile(r"^[a-z][a-z0-9_-]*$")
 
@@ -52,6 +52,9 @@ class LaunchRequest:
     loras: Mapping[str, str] = field(default_factory=dict)
     accelerator: str = ""
     accelerator_count: int = 0
+    # The weights' folder in the node cache, for a python engine (whose model_path is its
+    # model code); other engines get it as model_path.
+    weights_dir: str = ""
     # Environment the replica starts with: its credential and NATS credentials file. Secret:
     # never in argv, never logged (repr hides it).
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -117,7 +120,7 @@ def runtime_args(req: LaunchRequest) -> list[str]:
         "--cluster", req.cluster,
     ]
     for flag, value in (("region", req.region), ("zone", req.zone), ("model", req.model_path),
-                        ("model-name", req.model_name)):
+                        ("model-name", req.model_name), ("weights-dir", req.weights_dir)):
         if value:
             args += [f"--{flag}", value]
     for name in sorted(req.loras):

@@ -79,6 +79,8 @@ class Target:
     requirement: Requirement = field(default_factory=Requirement)
     active: bool = True
     traffic: TrafficMix = field(default_factory=dict)
+    # Estimated start seconds on each cluster (name -> s; core/startcost.py).
+    start_s: Mapping[str, float] = field(default_factory=dict)
 
 
 class StopReason(Enum):
@@ -263,7 +265,7 @@ def _launches(dep: DeploymentId, target: Target, n: int, live: list[_Member],
         by_region[m.region] = by_region.get(m.region, 0) + 1
     for _ in range(n):
         result = evaluate(target.requirement, ctx.clusters, usage, by_region, ctx.blocklist,
-                          target.traffic, ctx.now, ctx.latency, ctx.weights)
+                          target.traffic, ctx.now, ctx.latency, ctx.weights, target.start_s)
         if result.best is None:
             plan.unplaced[dep] = result.error()
             return

@@ -340,6 +340,13 @@ def model_view(model: str, deployments: Sequence[Record], envs: Sequence[EnvReco
             "deployments": [deployment_view(d, my_envs, replicas) for d in mine]}
 
 
+def local_weights(uri: str) -> str:
+    """The folder a weights URI names on this host ("" for a remote source)."""
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    return "" if "://" in uri else uri
+
+
 def check_model_roots(rec: Record, resolved: dict[str, str], roots: Sequence[str]) -> None:
     """Refuse a deployment whose model or LoRA paths lie outside every allow-listed root: a
     deployment starts code from its model path (a python model's `model.py`, a vLLM model's
@@ -347,6 +354,8 @@ def check_model_roots(rec: Record, resolved: dict[str, str], roots: Sequence[str
     as given to its real path (symlinks and `..` followed: the adapter resolves them)."""
     named = [("model_path", rec.spec.model_path)]
     named += [(f"loras[{i}].path", x.path) for i, x in enumerate(rec.spec.loras)]
+    if rec.spec.HasField("weights") and local_weights(rec.spec.weights.uri):
+        named.append(("weights.uri", local_weights(rec.spec.weights.uri)))
     for param, path in named:
         if not path:
             continue
