@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from basalt import deployfile
+from services.runtime.core.phases import StartPhases
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".basalt"
@@ -84,28 +85,59 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), *(line(r) for r in rows)])
 
 
-def status(url: str, key: str | None) -> str:
-    deps, reps = [], []
+def replica_phases(r: dict[str, Any]) -> StartPhases:
+    """A replica view's start phases (its `start`, as MessageToDict writes a StartPhases);
+    a view without them falls back to its `started_ts` / `ready_ts` where present."""
+    phases = StartPhases.from_dict(r.get("start") or {},
+                                   str(r.get("weights_revision") or r.get("weightsRevision") or ""))
+    if not phases.started_ts and not phases.ready_ts:
+        fallback = StartPhases.from_dict({"launched_ts": r.get("started_ts", 0),
+                                          "ready_ts": r.get("ready_ts", 0)})
+        phases.launched_ts, phases.ready_ts = fallback.launched_ts, fallback.ready_ts
+    return phases
+
+
+def _seconds(s: float | None) -> str:
+    return "-" if s is None else f"{s:.1f}s"
+
+
+def cold_start(replicas: list[dict[str, Any]]) -> str:
+    """The newest ready replica's cold start (placement, else launch, to READY), or `-`."""
+    ready = [p for r in replicas if r.get("state") == "ready"
+             if (p := replica_phases(r)).cold_start_s() is not None]
+    return _seconds(max(ready, key=lambda p: p.ready_ts).cold_start_s()) if ready else "-"
+
+
+def status(url: str, key: str | None, verbose: bool = False) -> str:
+    """The deployments table, then the replicas table; `verbose` adds each replica's start
+    phases, one line each."""
+    deps, reps, starts = [], [], []
     with _client(url, key) as c:
         for model in _models(c):
             for d in model["deployments"]:
                 auto = d.get("autoscaler") or {}
                 scaling = ("fixed" if d.get("autoscaling_settings") is None
                            else auto.get("reason") or "autoscaled")
+                replicas: list[dict[str, Any]] = []
+                if d["replica_count"]:
+                    path = f"/v1/models/{model['name']}/deployments/{d['id']}"
+                    replicas = list(_check(c.get(path)).get("replicas", []))
                 deps.append([d["id"], d["model"], d["spec"].get("engine", ""), d["status"],
                              str(d["desired_replicas"]), str(d["active_replica_count"]),
-                             ",".join(d["environments"]) or "-", scaling])
-                if not d["replica_count"]:
-                    continue
-                detail = _check(c.get(f"/v1/models/{model['name']}/deployments/{d['id']}"))
-                for r in detail.get("replicas", []):
+                             ",".join(d["environments"]) or "-", scaling, cold_start(replicas)])
+                for r in replicas:
+                    phases = replica_phases(r)
                     reps.append([r.get("id", ""), d["id"], r.get("state", ""),
                                  r.get("region", ""), r.get("zone", ""), r.get("cluster", ""),
-                                 r.get("grpc_address", "")])
+                                 r.get("grpc_address", ""), _seconds(phases.cold_start_s())])
+                    starts.append(f"{r.get('id', '')}: {phases.summary()}")
     out = _table(deps, ["DEPLOYMENT", "MODEL", "ENGINE", "STATUS", "DESIRED", "READY",
-                        "ENVIRONMENTS", "SCALING"])
+                        "ENVIRONMENTS", "SCALING", "COLD START"])
     if reps:
-        out += "\n\n" + _table(reps, ["REPLICA", "DEPLOYMENT", "STATE", "REGION", "ZONE", "CLUSTER", "ADDRESS"])
+        out += "\n\n" + _table(reps, ["REPLICA", "DEPLOYMENT", "STATE", "REGION", "ZONE",
+                                      "CLUSTER", "ADDRESS", "COLD START"])
+    if verbose and starts:
+        out += "\n\nSTART PHASES\n" + "\n".join(starts)
     return out
 
 
@@ -196,6 +228,9 @@ def main(cmd: str, argv: list[str]) -> int:
         p.add_argument("--environment", default="production")
     elif cmd == "wake":
         p.add_argument("deployment")
+    elif cmd == "status":
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="also each replica's start phases (fetch, load, engine init, ...)")
     elif cmd == "logs":
         p.add_argument("service", help="nats, mcm, router, or a replica id")
         p.add_argument("-f", "--follow", action="store_true")
@@ -209,7 +244,7 @@ def main(cmd: str, argv: list[str]) -> int:
         if cmd == "deploy":
             apply(ns.mcm_url, _key(ns), deployfile.load(ns.file, base_dir=ns.file.parent))
         elif cmd == "status":
-            print(status(ns.mcm_url, _key(ns)))
+            print(status(ns.mcm_url, _key(ns), ns.verbose))
         elif cmd == "scale":
             scale(ns.mcm_url, _key(ns), ns.deployment, ns.replicas)
             print(f"{ns.deployment}: desired replicas {ns.replicas}")

@@ -437,6 +437,8 @@ async def run(s: ColdstartSettings) -> int:
         await asyncio.gather(*tasks, return_exceptions=True)
         for fetch in list(service.inflight.values()):
             fetch.cancel()
+        with contextlib.suppress(Exception):  # gone now: placement stops counting on it
+            await asyncio.wait_for(service.kv.delete(s.node), timeout=2)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.drain(), timeout=3)
     return 0

@@ -47,7 +47,7 @@ from services.mcm.core.startcost import estimates
 from services.mcm.core.status import StartFailure, cluster_rows, status_doc
 
 from .store import Store
-from .weights import WeightsClient
+from .weights import NoWeightCache, PrefetchFailed, WeightsClient
 
 log = get_logger(__name__)
 
@@ -141,6 +141,8 @@ class Reconciler:
         self._clock = clock
         self._launching: dict[ReplicaId, PendingLaunch] = {}
         self._launch_tasks: dict[ReplicaId, asyncio.Task[None]] = {}
+        # Launches still waiting for a node to fetch their weights (nothing started yet).
+        self._prefetching: set[ReplicaId] = set()
         self._stop_tasks: dict[ReplicaId, asyncio.Task[None]] = {}
         # Launches that finished since the last tick: gone at the next listing means died.
         self._launched: dict[ReplicaId, LaunchHandle] = {}
@@ -317,7 +319,11 @@ class Reconciler:
                  cluster=cluster.name)
         try:
             if weights is not None:
-                req = await self._with_weights(req, cluster, weights)
+                self._prefetching.add(rid)
+                try:
+                    req = await self._with_weights(req, cluster, weights)
+                finally:
+                    self._prefetching.discard(rid)
             self._launched[rid] = await self.provider.launch(req)
         except ProviderError as e:
             block = self.blocklist.block(e.scope, cluster, self._clock(),
@@ -325,6 +331,10 @@ class Reconciler:
             log.warning("replica_launch_failed", replica_id=rid, cluster=cluster.name,
                         error=str(e), blocked=f"{block.scope.value} {block.key}",
                         until=round(block.until, 1))
+        except (NoWeightCache, PrefetchFailed) as e:  # said in full: no traceback to add
+            log.warning("replica_weights_failed", replica_id=rid, cluster=cluster.name,
+                        error=str(e))
+            self._failed(req.deployment_id, f"launch of {rid} failed: {e}", self._clock())
         except Exception as e:  # a request the runtime cannot take: not the cluster's fault
             log.exception("replica_launch_error", replica_id=rid, error=str(e))
             self._failed(req.deployment_id, f"launch of {rid} failed: {e}", self._clock())
@@ -357,6 +367,10 @@ class Reconciler:
         """Let launches in flight finish (so a restart finds them); with `stop_replicas`,
         stop every replica of this owner, else leave them running for the next start."""
         self.request_stop()
+        for rid in list(self._prefetching):  # nothing started yet: nothing to find later
+            task = self._launch_tasks.get(rid)
+            if task is not None:
+                task.cancel()
         if self._launch_tasks:
             await asyncio.wait(list(self._launch_tasks.values()))
         if stop_replicas:

@@ -61,7 +61,11 @@ class WeightsClient:
                  uri=source.uri, command_id=cmd.command_id)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            rev = find_revision(await node_record(self.kv, node), source)
+            rec = await node_record(self.kv, node)
+            if rec is None or time.time() - rec.heartbeat_ts > subjects.WEIGHTS_STALE_S:
+                raise NoWeightCache(f"the coldstart service on node {node!r} stopped while "
+                                    f"fetching {source.uri}")
+            rev = find_revision(rec, source)
             done = outcome(rev, cmd.command_id)
             if done is not None and rev is not None:
                 if done.error:

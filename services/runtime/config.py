@@ -30,6 +30,8 @@ class RuntimeSettings(ServiceSettings):
 
     engine: EngineKind = Field(EngineKind.SIM, description="Engine: vllm, trtllm, sim (a simulator) or python (Truss-style model).")
     model: str = Field("", description="Model directory (HF files for vllm/trtllm, a Truss-style dir for python; optional for sim: its tokenizer is used).")
+    weights_dir: str = Field("", description="Directory holding the weights in the node cache (the control plane sets it for a python engine; for vllm/trtllm/sim --model is that directory).")
+    warm_weights: bool = Field(True, description="Before the engine starts, read the weight files into host memory (the page cache) with large parallel reads, so the engine's own load reads from memory; skipped when they would not fit.")
     model_name: str = Field("", description="Name the model is served under (default: the model directory's name, or 'sim-model').")
     deployment: str = Field("default", description="Deployment this replica belongs to.")
     replica_id: str = Field("", description="Replica id (default: <deployment>-<random>).")
@@ -66,3 +68,10 @@ class RuntimeSettings(ServiceSettings):
                 raise ValueError(f"--lora-modules expects NAME=PATH, got {item!r}")
             out[name] = path
         return out
+
+    def weights_root(self) -> str:
+        """Where the weight files lie: --weights-dir for a python engine that has one, else
+        --model ("" for a sim without a model)."""
+        if self.engine is EngineKind.PYTHON and self.weights_dir:
+            return self.weights_dir
+        return self.model

@@ -64,7 +64,8 @@ def make_engine(settings: RuntimeSettings, tokenizer: Any) -> Engine:
     if settings.engine is EngineKind.PYTHON:
         from .engines.python_model import PythonModelEngine
 
-        return PythonModelEngine(Path(settings.model), name)
+        weights = Path(settings.weights_dir) if settings.weights_dir else None
+        return PythonModelEngine(Path(settings.model), name, weights)
     from .engines.trtllm import TrtllmConfig, TrtllmEngine
 
     # Unverified: no GPU or TensorRT-LLM on the machines this was built on (see trtllm.py).

@@ -49,8 +49,11 @@ class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
     """Triton's GRPCInferenceService for the one model this replica serves."""
 
     def __init__(
-        self, engine: Engine, model_name: str, tokenizer: Tokenizer, is_ready: Callable[[], bool]
+        self, engine: Engine, model_name: str, tokenizer: Tokenizer, is_ready: Callable[[], bool],
+        on_first_token: Callable[[], None] | None = None,
     ) -> None:
+        # Called once, at the first output this replica produces (its start's last phase).
+        self.on_first_token = on_first_token
         self.engine = engine
         self.model_name = model_name
         self.tokenizer = tokenizer
@@ -120,6 +123,11 @@ class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
             raise NotReady(f"model '{self.model_name}' is not ready (loading or draining)")
         codec.check_outputs(req, self.output_name)
 
+    def _first_output(self) -> None:
+        hook, self.on_first_token = self.on_first_token, None
+        if hook is not None:
+            hook()
+
     def _responses(self, req: pb.ModelInferRequest, streaming: bool) -> AsyncIterator[Response]:
         self._admit(req)
         if self.is_python:
@@ -130,6 +138,8 @@ class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         shaper = codec.JsonResponses(streaming)
         async with closing_stream(self.engine.predict(payload)) as items:
             async for item in items:
+                if self.on_first_token is not None:
+                    self._first_output()
                 for response in shaper.add(json.dumps(item).encode()):
                     yield response
         for response in shaper.finish():
@@ -147,6 +157,8 @@ class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         shaper = codec.TextResponses(call, streaming)
         async with closing_stream(self.engine.generate(inp)) as chunks:
             async for chunk in chunks:
+                if self.on_first_token is not None and chunk.token_ids:
+                    self._first_output()
                 last = chunk.finish_reason is not None
                 for response in shaper.add(chunk.text, last):
                     yield response

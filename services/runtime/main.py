@@ -21,7 +21,9 @@ from basalt.config import parse
 from basalt.metrics import serve_metrics
 from basalt.pb import events_pb2, kserve_pb2, kserve_pb2_grpc, runtime_pb2, runtime_pb2_grpc
 from services.runtime.core.engine import EngineInfo
+from services.runtime.core.phases import PHASE_TITLES, StartPhases, format_bytes
 
+from . import metrics, warm
 from .config import RuntimeSettings
 from .factory import make_engine, make_tokenizer, model_name
 from .kserve import KServeServicer
@@ -38,18 +40,16 @@ SERVICE_NAMES = (
 )
 
 
-def _launched_ts() -> float:
-    try:
-        return float(os.environ.get("BASALT_RUNTIME_LAUNCHED_TS", ""))
-    except ValueError:
-        return time.time()
-
-
 class Replica:
     """Everything one replica process runs, wired together."""
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+    def __init__(self, settings: RuntimeSettings, warming: warm.Warming | None = None) -> None:
+        # The start's phases: the control plane's stamps from the environment, ours as they
+        # happen. Cold start, for the autoscaler: placement (else the provider's launch, else
+        # this process's start) to the first READY.
+        self.phases = StartPhases.from_env(os.environ, time.time())
         self.settings = settings
+        self.warming = warming  # the weights being read into memory (started before the engine)
         self.model_name = model_name(settings)
         self.replica_id = settings.replica_id or f"{settings.deployment}-{secrets.token_hex(4)}"
         self.epoch = secrets.token_hex(8)
@@ -60,10 +60,8 @@ class Replica:
         self.grpc_address = ""
         self.metrics_address = ""
         self.tasks: list[asyncio.Task] = []
-        # Cold start, for the autoscaler: from the provider's launch (else this process's
-        # start) to the first READY.
-        self.started_ts = _launched_ts()
-        self.ready_ts = 0.0
+        self.labels = {"model": self.model_name, "replica": self.replica_id}
+        self._heartbeat: Heartbeat | None = None
 
     def record(self) -> events_pb2.ReplicaRecord:
         s = self.settings
@@ -84,8 +82,10 @@ class Replica:
             max_model_len=self.info.max_model_len if self.info else s.max_model_len,
             epoch=self.epoch,
             metrics_address=self.metrics_address,
-            started_ts=self.started_ts,
-            ready_ts=self.ready_ts,
+            started_ts=self.phases.started_ts,
+            ready_ts=self.phases.ready_ts,
+            start=self.phases.to_proto(),
+            weights_revision=self.phases.weights_revision,
         )
 
     def _spawn(self, coro) -> None:
@@ -98,10 +98,11 @@ class Replica:
         kv = KvEventPublisher(nc, self.replica_id, self.epoch, s.token)
         load = LoadReporter(nc, self.replica_id, s.deployment, self.engine,
                             s.load_report_interval, self.model_name, s.token)
-        heartbeat = Heartbeat(bucket, self.record, s.heartbeat_interval, s.token)
+        heartbeat = self._heartbeat = Heartbeat(bucket, self.record, s.heartbeat_interval, s.token)
         servicer = RuntimeServicer(
             self.engine, self.model_name, self.replica_id, kv, load, self.record,
             on_lora_change=lambda: self._spawn(heartbeat.beat()), lora_root=s.lora_root,
+            on_first_token=self._on_first_token,
         )
         health_servicer = health.aio.HealthServicer()
         interceptors = [TokenInterceptor(s.token)] if s.token else []
@@ -109,7 +110,8 @@ class Replica:
         runtime_pb2_grpc.add_RuntimeServicer_to_server(servicer, server)
         kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             KServeServicer(self.engine, self.model_name, self.tokenizer,
-                           lambda: self.state == events_pb2.REPLICA_STATE_READY),
+                           lambda: self.state == events_pb2.REPLICA_STATE_READY,
+                           on_first_token=self._on_first_token),
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -131,7 +133,7 @@ class Replica:
         self._spawn(kv.run(self.engine))
         self._spawn(load.run())
         self.state = events_pb2.REPLICA_STATE_READY
-        self.ready_ts = time.time()
+        self.phases.ready_ts = time.time()
         await heartbeat.beat()
         for name in ("", *SERVICE_NAMES[:2]):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -139,6 +141,7 @@ class Replica:
         assert self.info is not None  # _load returned True: the engine started
         log.info("replica_ready", replica_id=self.replica_id, grpc=self.grpc_address,
                  kv_blocks=self.info.kv_blocks_total, block_size=self.info.kv_block_size)
+        self._report_phases()
 
         await stop.wait()
         await self._drain(servicer, health_servicer, heartbeat)
@@ -149,7 +152,9 @@ class Replica:
         """Start the engine and load LoRA adapters; False when a signal came first."""
 
         async def load() -> None:
+            await self._warm_weights()
             self.info = await self.engine.start()
+            self.phases.engine_ts = time.time()
             for name, path in self.settings.lora_map().items():
                 await self.engine.load_lora(name, path)
 
@@ -163,6 +168,69 @@ class Replica:
         log.info("replica_stopped_while_loading", replica_id=self.replica_id)
         loading.cancel()
         return False
+
+    async def _warm_weights(self) -> None:
+        """The "loaded" phase: the weight files read into host memory before the engine
+        starts (nothing to read, e.g. a sim without a model: the phase stays unset)."""
+        if self.warming is None:
+            return
+        try:
+            warmed = await self.warming.result()
+        except OSError as e:  # a file gone or unreadable: the engine's own load will say more
+            log.warning("weights_not_warmed", replica_id=self.replica_id, reason=str(e))
+            return
+        if warmed is None:
+            return
+        if warmed.skipped:
+            log.info("weights_not_warmed", replica_id=self.replica_id, reason=warmed.skipped)
+            return
+        # When the reads ended (they overlap the engine's import, which counts as engine init).
+        self.phases.mark_loaded(warmed.finished_ts, warmed.bytes, warmed.seconds)
+        log.info("weights_warmed", replica_id=self.replica_id, files=warmed.files,
+                 bytes=warmed.bytes, seconds=round(warmed.seconds, 3),
+                 rate=f"{format_bytes(self.phases.load_bytes_per_s)}/s")
+
+    def _report_phases(self) -> None:
+        """At READY: the start's phases as metrics and one log line."""
+        p = self.phases
+        durations = p.durations()
+        for name, seconds in durations.items():
+            self._observe_phase(name, seconds)
+        cold = p.cold_start_s()
+        if cold is not None:
+            metrics.COLD_START.labels(**self.labels).set(cold)
+        if p.load_bytes_per_s:
+            metrics.WEIGHTS_LOAD_RATE.labels(**self.labels).set(p.load_bytes_per_s)
+            metrics.WEIGHTS_BYTES.labels(**self.labels).set(p.weights_bytes)
+        log.info("replica_start_phases", at="ready", replica_id=self.replica_id,
+                 deployment=self.settings.deployment, tier=p.tier,
+                 fetched_bytes=p.fetched_bytes, weights_bytes=p.weights_bytes,
+                 load_bytes_per_s=round(p.load_bytes_per_s), weights_revision=p.weights_revision,
+                 cold_start_s=round(cold, 3) if cold is not None else None,
+                 summary=p.summary(),
+                 **{f"{name}_s": round(s, 3) for name, s in durations.items()})
+
+    def _observe_phase(self, name: str, seconds: float) -> None:
+        assert name in PHASE_TITLES
+        metrics.START_PHASE.labels(**self.labels, phase=name).set(seconds)
+        metrics.START_PHASE_HIST.labels(model=self.model_name, phase=name).observe(seconds)
+
+    def _on_first_token(self) -> None:
+        """The first token this replica sends (called once, by the servicer): stamp it, log it,
+        and publish the record again."""
+        if self.phases.first_token_ts:
+            return
+        p = self.phases
+        p.first_token_ts = time.time()
+        after_ready = p.durations().get("first_token")
+        if after_ready is not None:
+            self._observe_phase("first_token", after_ready)
+        # (a key naming "token" would be redacted by basalt.log)
+        log.info("replica_start_phases", at="first_token", replica_id=self.replica_id,
+                 first_output_s=round(after_ready, 3) if after_ready is not None else None,
+                 since_start_s=round(p.first_token_ts - p.started_ts, 3))
+        if self._heartbeat is not None:
+            self._spawn(self._heartbeat.beat())
 
     async def _close(self, server: grpc.aio.Server, heartbeat: Heartbeat, nc) -> None:  # type: ignore[no-untyped-def]
         await server.stop(grace=1.0)
@@ -227,8 +295,14 @@ def main(argv: list[str] | None = None) -> int:
                   "credential (BASALT_RUNTIME_TOKEN) or --grpc-insecure", file=sys.stderr)
             return 2
         log.warning("runtime_without_credential", grpc_host=settings.grpc_host)
+    root = settings.weights_root()
+    # Started first, so the reads overlap importing the engine (Replica builds it).
+    warming = warm.Warming(root) if settings.warm_weights and root else None
     try:
-        return asyncio.run(Replica(settings).run())
+        return asyncio.run(Replica(settings, warming).run())
     except (bus.NatsRefused, bus.InsecureNats) as e:
         print(f"basalt runtime: {e}", file=sys.stderr)
         return 2
+    finally:
+        if warming is not None:
+            warming.stop()

@@ -28,3 +28,25 @@ REQUESTS = Counter(
 RUNNING = Gauge("basalt:num_requests_running", "Requests running in the engine.", LABELS)
 WAITING = Gauge("basalt:num_requests_waiting", "Requests waiting in the engine.", LABELS)
 KV_USAGE = Gauge("basalt:kv_cache_usage_perc", "KV-cache usage, 0..1.", LABELS)
+
+# One replica's start, per phase (services/runtime/core/phases.py PHASES): the gauge is this
+# replica's value; the histogram sums across replicas.
+START_PHASE = Gauge(
+    "basalt_runtime_start_phase_seconds", "Seconds this replica spent in each start phase.",
+    LABELS + ["phase"],
+)
+START_PHASE_HIST = Histogram(
+    "basalt_runtime_start_phase_duration_seconds", "Start phase durations, across replicas.",
+    ["model", "phase"], buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+)
+COLD_START = Gauge(
+    "basalt_runtime_cold_start_seconds",
+    "Placement (else launch) to first READY for this replica.", LABELS,
+)
+WEIGHTS_LOAD_RATE = Gauge(
+    "basalt_runtime_weights_load_bytes_per_second",
+    "Rate the weights were read into host memory before the engine started.", LABELS,
+)
+WEIGHTS_BYTES = Gauge(
+    "basalt_runtime_weights_bytes", "Bytes of weight files read into host memory.", LABELS,
+)

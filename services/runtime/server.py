@@ -44,6 +44,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         record: Callable[[], events_pb2.ReplicaRecord],
         on_lora_change: Callable[[], None],
         lora_root: str = "",
+        on_first_token: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.lora_root = os.path.realpath(lora_root) if lora_root else ""
@@ -51,6 +52,8 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         self.load = load
         self.record = record
         self.on_lora_change = on_lora_change
+        # Called once, at the first token (or Predict output) this replica ever sends; None after.
+        self.on_first_token = on_first_token
         self.inflight = InFlight()
         self.labels = {"model": model_name, "replica": replica_id}
         # Labelled children looked up once: ITL is observed on every streamed chunk.
@@ -79,6 +82,8 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
             async for chunk in stream:
                 now = time.monotonic()
                 if chunk.token_ids:
+                    if first and self.on_first_token is not None:
+                        self._first_token()
                     self._observe_latency(now, now - last, first)
                     first, last = False, now
                     self.load.generated_tokens += len(chunk.token_ids)
@@ -93,6 +98,11 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
                 await stream.aclose()  # client gone: the engine aborts the sequence
             self.inflight.count -= 1
             clear_request_id()
+
+    def _first_token(self) -> None:
+        hook, self.on_first_token = self.on_first_token, None
+        if hook is not None:
+            hook()
 
     def _observe_latency(self, now: float, gap_s: float, first: bool) -> None:
         if first:
@@ -124,6 +134,8 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         try:
             stream = self.engine.predict(payload)
             async for item in stream:
+                if self.on_first_token is not None:
+                    self._first_token()
                 yield runtime_pb2.PredictResponse(json_output=json.dumps(item).encode())
         except InvalidRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))

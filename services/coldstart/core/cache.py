@@ -56,7 +56,11 @@ def plan_eviction(held: Iterable[Held], incoming: Iterable[tuple[str, int]], bud
     Raises NoRoom when evicting every revision not in use is not enough."""
     revs = {r.key: r for r in held}
     stored = blob_bytes(revs.values())
-    new = sum(size for sha, size in dict.fromkeys(incoming) if not sha or sha not in stored)
+    new, seen = 0, set(stored)
+    for sha, size in incoming:
+        if not sha or sha not in seen:
+            new += size
+            seen.add(sha)
     used = sum(stored.values()) + stray_bytes
     out = Eviction()
     if used + new <= budget:

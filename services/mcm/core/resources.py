@@ -292,7 +292,9 @@ def replica_view(rep: events_pb2.ReplicaRecord) -> dict[str, Any]:
     state = events_pb2.ReplicaState.Name(rep.state).removeprefix("REPLICA_STATE_").lower()
     return {"id": rep.replica_id, "state": state, "region": rep.region, "zone": rep.zone,
             "cluster": rep.cluster, "grpc_address": rep.grpc_address, "engine": rep.engine,
-            "owner": rep.owner, "heartbeat_ts": rep.heartbeat_ts}
+            "owner": rep.owner, "heartbeat_ts": rep.heartbeat_ts, "started_ts": rep.started_ts,
+            "ready_ts": rep.ready_ts, "weights_revision": rep.weights_revision,
+            "start": MessageToDict(rep.start, preserving_proto_field_name=True)}
 
 
 def deployment_view(rec: Record, envs: Sequence[EnvRecord],

@@ -11,8 +11,9 @@ Of Truss's `config.yaml` (optional) this engine honours:
 - `model_module_dir`, `model_class_filename`, `model_class_name`, `data_dir`: where the class
   and its data live (defaults `model`, `model.py`, `Model`, `data`);
 - `runtime.predict_concurrency` (default 1, as in Truss): predict() calls running at once.
-The whole document is passed to the model as `config`; the model also gets `data_dir` and
-`secrets={}`. Everything else (requirements, resources, secrets, external_data, ...) is not acted
+The whole document is passed to the model as `config`; the model also gets `data_dir`,
+`secrets={}` and, when the runtime has a --weights-dir (the node cache's copy of its weights),
+`weights_dir` (each only when its `__init__` accepts it). Everything else (requirements, resources, secrets, external_data, ...) is not acted
 on here; a later issue. Like Truss, postprocess is refused when predict streams.
 """
 
@@ -182,8 +183,9 @@ class PythonModelEngine:
 
     kind = "python"
 
-    def __init__(self, model_dir: Path, model_name: str) -> None:
+    def __init__(self, model_dir: Path, model_name: str, weights_dir: Path | None = None) -> None:
         self.model_dir = Path(model_dir)
+        self.weights_dir = Path(weights_dir) if weights_dir else None
         self.model_name = model_name
         self.truss_config = TrussConfig()
         self._model: Any = None
@@ -235,7 +237,10 @@ class PythonModelEngine:
 
     def _build_model(self, cfg: TrussConfig) -> Any:
         cls = _import_model_class(self.model_dir, cfg)
-        offered = {"config": cfg.raw, "data_dir": self.model_dir / cfg.data_dir, "secrets": {}}
+        offered: dict[str, Any] = {
+            "config": cfg.raw, "data_dir": self.model_dir / cfg.data_dir, "secrets": {}}
+        if self.weights_dir is not None:
+            offered["weights_dir"] = self.weights_dir
         try:
             return cls(**_init_kwargs(cls, offered))
         except Exception as e:
