@@ -68,6 +68,8 @@ class Up:
     management_key: str = ""
     restarted: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     banner: str = ""
+    # Deploy this file instead of the sim default.
+    deployment_file: Path | None = None
 
     @property
     def http(self) -> str:
@@ -92,6 +94,8 @@ class Up:
                "--mcm-port", str(self.ports[3])]
         if self.cluster > 1:
             cmd += ["--nats-cluster", str(self.cluster)]
+        if self.deployment_file is not None:
+            cmd += ["--deployment-file", str(self.deployment_file)]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -150,3 +150,17 @@ def test_each_deployment_is_decided_apart() -> None:
            other: DeploymentInput(SETTINGS, Tick(now, Sample(now, 4.0), ready=1), 1)}
     assert sorted((e.deployment_id, e.replicas) for e in p.on_tick(now, inp)) == [
         (DEP, 2), (other, 4)]
+
+
+def test_requests_parked_at_a_deployment_set_to_zero_by_hand_wake_it() -> None:
+    """A person scaled to 0 after the autoscaler last said 1: a quiet deployment stays at 0,
+    but once a request waits there the autoscaler sends 1 again (the request would wait for
+    nothing otherwise)."""
+    p = Planner()
+    assert counts(step(p, 0, 1.0, current=0)) == [1]
+    for s in range(1, 12):  # manual 0 stands while nothing waits
+        assert step(p, s, 1.0, current=0, manual=True) == [], s
+    now = T0 + 12
+    parked = Tick(now, Sample(now, 1.0, parked=1), ready=0, wake=True)
+    effects = p.on_tick(now, {DEP: DeploymentInput(SETTINGS, parked, 0, True)})
+    assert counts(effects) == [1]

@@ -5,7 +5,7 @@ Which wins, the autoscaler or a manual scale (`basalt scale`, the API): the auto
 command when its own decision changes. A manual count then stands until the next change of
 decision. When the deployment's count drifts from the decision for another reason (activation,
 a promotion, a settings patch: not a scale command), the autoscaler sets it back, at most once
-per `RESEND_S`.
+per `RESEND_S`. Requests parked at a deployment manually set to zero override that count.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ class Planner:
                 book.state.desired = inp.current
             d = book.last = decide(inp.settings, book.state, inp.tick)
             changed = d.desired != book.published
-            drifted = (d.desired != inp.current and not inp.manual
+            # Requests wait at a deployment a person set to zero: they win over that count.
+            stranded = inp.current == 0 < d.desired and (inp.tick.wake or inp.tick.sample.parked > 0)
+            drifted = (d.desired != inp.current and (not inp.manual or stranded)
                        and now - book.published_at >= RESEND_S)
             if changed or drifted:
                 if changed and book.published is None and d.desired == inp.current:
