@@ -205,6 +205,8 @@ def test_deployment_view_counts_ready_replicas() -> None:
             zone="us-a",
             cluster="c1",
             grpc_address=f"h:{i}",
+            started_ts=1.0, weights_revision="k1",
+            start=events_pb2.StartPhases(placed_ts=1.0, fetched_ts=2.5, tier="node"),
         )
         for i, s in enumerate([events_pb2.REPLICA_STATE_READY, events_pb2.REPLICA_STATE_LOADING])
     ]
@@ -222,6 +224,10 @@ def test_deployment_view_counts_ready_replicas() -> None:
         "engine": "",
         "owner": "",
         "heartbeat_ts": 0.0,
+        "started_ts": 1.0,
+        "ready_ts": 0.0,
+        "weights_revision": "k1",
+        "start": {"placed_ts": 1.0, "fetched_ts": 2.5, "tier": "node"},
     }
     assert view["autoscaling_settings"] is None and view["autoscaler"] is None
     assert view["spec"]["engine"] == "sim" and "autoscaling" not in view["spec"]
