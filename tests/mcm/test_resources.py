@@ -242,3 +242,18 @@ def test_describe_errors_names_fields() -> None:
     )
     assert err.param == "autoscaling.min_replica"
     assert err.message == "autoscaling.min_replica: too small; bogus: unknown field"
+
+
+def test_a_remote_weights_source_without_a_tokenizer_folder_is_refused_with_the_fix() -> None:
+    """The router tokenizes prompts: with weights only on the Hub it would have no tokenizer."""
+    with pytest.raises(InvalidRequest, match="tokenizer") as e:
+        res.new_deployment("m", body(id="d1", engine="vllm",
+                                     weights={"uri": "hf://org/model", "revision": "abc"}),
+                           1.0, [])
+    assert e.value.param == "model_path"
+    rec = res.new_deployment("m", body(id="d1", engine="vllm", model_path="/models/tok",
+                                       weights={"uri": "hf://org/model"}), 1.0, [])
+    assert rec.spec.weights.uri == "hf://org/model" and rec.spec.model_path == "/models/tok"
+    local = res.new_deployment("m", body(id="d2", engine="vllm", weights={"uri": "/models/m"}),
+                               1.0, [])
+    assert local.spec.weights.uri == "/models/m"

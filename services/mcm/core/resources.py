@@ -134,6 +134,7 @@ def new_deployment(model: str, body: BaseModel, now: float, existing: Sequence[R
     for key in sorted(dep.engine_args):
         if problem := engine_arg_problem(key):
             raise InvalidRequest(f"engine_args.{key}: {problem}", f"engine_args.{key}")
+    check_tokenizer_source(dep)
     for rec in existing:
         if rec.id == dep.id:
             raise DeploymentExists(dep.id)
@@ -340,6 +341,21 @@ def model_view(model: str, deployments: Sequence[Record], envs: Sequence[EnvReco
             "development_deployment_id": development,
             "environments": [environment_view(e) for e in my_envs],
             "deployments": [deployment_view(d, my_envs, replicas) for d in mine]}
+
+
+def check_tokenizer_source(dep: Deployment) -> None:
+    """The router tokenizes prompts with the model's tokenizer, read from `model_path` or a
+    local weights folder; a remote weights source alone would leave it none (prompts would be
+    tokenized wrongly), so such a deployment is refused with the fix."""
+    if dep.engine not in ("vllm", "trtllm") or dep.weights is None or dep.model_path:
+        return
+    if local_weights(dep.weights.uri):
+        return
+    raise InvalidRequest(
+        "model_path: a deployment whose weights come from a remote source "
+        f"({dep.weights.uri.split('://', 1)[0]}://) needs model_path naming a folder with the "
+        "tokenizer files (tokenizer.json, tokenizer_config.json): the router tokenizes prompts",
+        "model_path")
 
 
 def local_weights(uri: str) -> str:
