@@ -179,7 +179,7 @@ def promote(url: str, key: str | None, deployment_id: str, environment: str,
 
 
 def log_path(name: str, state: Path = STATE) -> Path:
-    """A service's log (nats, mcm, router) or a replica's (by replica id). `state` is the
+    """A service's log (nats, mcm, router, autoscaler, coldstart) or a replica's (by replica id). `state` is the
     stack's folder (`basalt up --state-dir`) or a control plane's own `--state-dir`."""
     folders = (state / "logs", state / "mcm", state)
     for folder in folders:
