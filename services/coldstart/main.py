@@ -266,7 +266,8 @@ class Coldstart:
             error=error, path=str(self.store.revision_dir(key)) if m else "", ts=time.time())
         with contextlib.suppress(Exception):
             await self.nc.publish(subjects.weights_progress(self.s.node), msg.SerializeToString())
-        self.changed.set()
+        if state != weights_pb2.WEIGHTS_STATE_FETCHING:  # progress itself: the heartbeat's
+            self.changed.set()
 
     # -- what the node holds --------------------------------------------------------------
 
