@@ -114,8 +114,8 @@ def create_app(store: Store, *, nc: Client, verifier: KeyVerifier | None = None,
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         deps, envs = await ctx.store.list(), await ctx.store.list_environments()
-        reps = await _replicas(ctx)
-        return {"models": [res.model_view(m, deps, envs, reps)
+        reps, decisions = await _replicas(ctx), await _decisions(ctx)
+        return {"models": [res.model_view(m, deps, envs, reps, decisions)
                            for m in res.model_names(deps, envs)]}
 
     _deployment_routes(app, ctx)
@@ -223,7 +223,7 @@ def _model_routes(app: FastAPI, ctx: _Ctx) -> None:
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str) -> dict:
         deps, envs = await _model_state(ctx, model)
-        return res.model_view(model, deps, envs, await _replicas(ctx))
+        return res.model_view(model, deps, envs, await _replicas(ctx), await _decisions(ctx))
 
     @app.delete("/v1/models/{model:path}")
     async def delete_model(model: str) -> dict:

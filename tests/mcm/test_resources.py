@@ -257,3 +257,13 @@ def test_a_remote_weights_source_without_a_tokenizer_folder_is_refused_with_the_
     local = res.new_deployment("m", body(id="d2", engine="vllm", weights={"uri": "/models/m"}),
                                1.0, [])
     assert local.spec.weights.uri == "/models/m"
+
+
+def test_the_models_listing_shows_the_autoscalers_decision() -> None:
+    """`basalt status` reads the models listing: its deployments carry the autoscaler's last
+    decision (the SCALING column), as a single deployment's view does."""
+    rec = record()
+    decision = deploy_pb2.AutoscalerDecision(deployment_id="d1", desired=2, reason="panic")
+    view = res.model_view("m", [rec], [], [], {"d1": decision})
+    assert view["deployments"][0]["autoscaler"]["reason"] == "panic"
+    assert res.model_view("m", [rec], [], [])["deployments"][0]["autoscaler"] is None

@@ -331,7 +331,9 @@ def model_names(deployments: Iterable[Record], envs: Iterable[EnvRecord]) -> lis
 
 
 def model_view(model: str, deployments: Sequence[Record], envs: Sequence[EnvRecord],
-               replicas: Sequence[events_pb2.ReplicaRecord]) -> dict[str, Any]:
+               replicas: Sequence[events_pb2.ReplicaRecord],
+               decisions: Mapping[str, deploy_pb2.AutoscalerDecision] | None = None
+               ) -> dict[str, Any]:
     """A model: its deployments, environments, and which deployment production serves."""
     mine = [d for d in deployments if d.model == model]
     my_envs = [e for e in envs if e.model == model]
@@ -340,7 +342,8 @@ def model_view(model: str, deployments: Sequence[Record], envs: Sequence[EnvReco
     return {"name": model, "production_deployment_id": production,
             "development_deployment_id": development,
             "environments": [environment_view(e) for e in my_envs],
-            "deployments": [deployment_view(d, my_envs, replicas) for d in mine]}
+            "deployments": [deployment_view(d, my_envs, replicas, decisions=decisions)
+                            for d in mine]}
 
 
 def check_tokenizer_source(dep: Deployment) -> None:
