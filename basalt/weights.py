@@ -24,6 +24,13 @@ def normal_uri(uri: str) -> str:
     return uri.rstrip("/") or "/"
 
 
+def local_path(uri: str) -> str:
+    """The folder a weights URI names on this host ("" for a remote source)."""
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    return "" if "://" in uri else uri
+
+
 def uri_problem(uri: str) -> str | None:
     """Why `uri` cannot be a weights source (None: it can)."""
     if not uri.strip():

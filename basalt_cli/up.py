@@ -142,6 +142,7 @@ async def _make_keys(nats_url: str, auth: bus.NatsAuth) -> tuple[str, str]:
 def main(argv: list[str]) -> int:
     ns = _args(argv)
     from basalt import deployfile
+    from basalt.weights import local_path
     from basalt_cli import ctl
     from basalt_tools.tinymodel import make_tiny_model
 
@@ -180,7 +181,7 @@ def main(argv: list[str]) -> int:
         roots = sorted({str(state / "models"), *(
             p for d in parsed.deployments
             for p in (d.model_path, *(x.path for x in d.loras),
-                      d.weights.uri if d.weights and "://" not in d.weights.uri else "")
+                      local_path(d.weights.uri) if d.weights else "")
             if p)})
         for f in ("coldstart.ready.json", "mcm.ready.json", "router.ready.json",
                   "autoscaler.ready.json"):

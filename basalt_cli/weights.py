@@ -9,6 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
 from basalt import bus, subjects
 from basalt.pb import deploy_pb2, weights_pb2
 from basalt.weights import normal_uri, revision_key, uri_problem
@@ -82,13 +86,13 @@ async def _pull(ns: argparse.Namespace) -> int:
         await nc.close()
 
 
-async def _pull_one(nc, kv, node: str, source: deploy_pb2.WeightsSource,  # type: ignore[no-untyped-def]
+async def _pull_one(nc: Client, kv: KeyValue, node: str, source: deploy_pb2.WeightsSource,
                     timeout: float) -> int:
     key = revision_key(source)
     done = asyncio.get_running_loop().create_future()
     started = time.monotonic()
 
-    async def on_progress(msg) -> None:  # type: ignore[no-untyped-def]
+    async def on_progress(msg: Msg) -> None:
         p = weights_pb2.WeightsProgress.FromString(msg.data)
         if p.key != key:
             return

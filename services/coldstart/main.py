@@ -33,9 +33,10 @@ from basalt import bus, subjects
 from basalt import log as blog
 from basalt.config import parse
 from basalt.metrics import serve_metrics
-from basalt.pb import deploy_pb2, weights_pb2
+from basalt.pb import deploy_pb2, events_pb2, weights_pb2
+from basalt.replicaauth import verify
 from basalt.secretfiles import read_secret
-from basalt.weights import node_of_cluster, normal_uri, revision_key, uri_problem
+from basalt.weights import local_path, node_of_cluster, normal_uri, revision_key, uri_problem
 from basalt.weightstream import ensure_stream, weights_bucket
 
 from .config import ColdstartSettings
@@ -175,7 +176,7 @@ class Coldstart:
         """A local folder named without a revision is the revision its files are now: listing
         it costs little, so a changed folder is fetched again. Remote sources are trusted to
         keep a revision's content (name a commit, not a branch, to pin it)."""
-        if "://" in normal_uri(source.uri) or source.revision:
+        if not local_path(source.uri) or source.revision:
             return False
         try:
             listing = await open_source(source, "").list()
@@ -311,9 +312,6 @@ class Coldstart:
 
     async def refresh_in_use(self) -> None:
         """Revisions named by live replica records on this node."""
-        from basalt.pb import events_pb2
-        from basalt.replicaauth import verify
-
         replicas = await bus.replicas_bucket(self.nc)
         keys = set()
         for rid, value in (await bus.kv_items(replicas)).items():

@@ -37,6 +37,7 @@ from basalt.apikeys import MANAGEMENT, KeyStoreUnavailable, KeyVerifier, key_fro
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2
 from basalt.scalestream import publish_scale
+from basalt.weights import local_path
 from services.mcm.core import resources as res
 from services.mcm.core.api_errors import (
     ApiError,
@@ -255,7 +256,7 @@ async def _create(ctx: _Ctx, model: str, body: Any) -> dict:
         rec = res.new_deployment(model, body, now, await ctx.store.list())
         if ctx.model_roots is not None:
             paths = [rec.spec.model_path, *(x.path for x in rec.spec.loras),
-                     res.local_weights(rec.spec.weights.uri)]
+                     local_path(rec.spec.weights.uri)]
             res.check_model_roots(rec, {p: os.path.realpath(p) for p in paths if p},
                                   ctx.model_roots)
         try:

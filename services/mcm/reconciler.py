@@ -292,7 +292,9 @@ class Reconciler:
         rid = req.replica_id
         self._launching[rid] = PendingLaunch(rid, req.deployment_id, cluster.name, now,
                                              self.owner)
-        req = dataclasses.replace(req, env={**req.env, "BASALT_START_PLACED_TS": f"{time.time():.3f}"})
+        # Wall clock, not self._clock: the runtime compares it with its own time.time().
+        req = dataclasses.replace(req, env={**req.env,
+                                            "BASALT_START_PLACED_TS": f"{time.time():.3f}"})
         self._launch_tasks[rid] = asyncio.create_task(self._launch(req, cluster, weights))
 
     async def _with_weights(self, req: LaunchRequest, cluster: Cluster,

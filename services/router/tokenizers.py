@@ -8,6 +8,7 @@ from typing import Any
 
 from basalt.pb import deploy_pb2
 from basalt.tokenizer import ByteTokenizer, load_tokenizer
+from basalt.weights import local_path
 
 
 def tokenizer_dir(dep: deploy_pb2.DeploymentRecord) -> str:
@@ -16,7 +17,7 @@ def tokenizer_dir(dep: deploy_pb2.DeploymentRecord) -> str:
     bucket) needs `model_path` naming a folder with the tokenizer files for now."""
     spec = dep.spec
     uri = spec.weights.uri if spec.HasField("weights") else ""
-    local = uri[len("file://"):] if uri.startswith("file://") else ("" if "://" in uri else uri)
+    local = local_path(uri)
     if spec.engine != "python" and spec.model_path:
         return spec.model_path
     return local or spec.model_path

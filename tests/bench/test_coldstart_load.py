@@ -136,6 +136,7 @@ def test_gpu_chunks_cover_each_tensor_byte_once(model: Path) -> None:
 
 def test_the_gpu_script_says_what_it_lacks_without_cuda(tmp_path: Path) -> None:
     if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present")
+        pytest.skip("needs a host without CUDA: this checks what the GPU script says when it "
+                    "finds none")
     assert gpu.main(["--gib", "0.01", "--out", str(tmp_path)]) == 2
     assert gpu.lacking() == ["a CUDA device (torch.cuda.is_available())"]

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from basalt.deployfile import Autoscaling, Deployment, Environment
 from basalt.pb import deploy_pb2, events_pb2
+from basalt.weights import local_path
 from services.mcm.core.api_errors import (
     DeploymentExists,
     DeploymentInactive,
@@ -352,20 +353,13 @@ def check_tokenizer_source(dep: Deployment) -> None:
     tokenized wrongly), so such a deployment is refused with the fix."""
     if dep.engine not in ("vllm", "trtllm") or dep.weights is None or dep.model_path:
         return
-    if local_weights(dep.weights.uri):
+    if local_path(dep.weights.uri):
         return
     raise InvalidRequest(
         "model_path: a deployment whose weights come from a remote source "
         f"({dep.weights.uri.split('://', 1)[0]}://) needs model_path naming a folder with the "
         "tokenizer files (tokenizer.json, tokenizer_config.json): the router tokenizes prompts",
         "model_path")
-
-
-def local_weights(uri: str) -> str:
-    """The folder a weights URI names on this host ("" for a remote source)."""
-    if uri.startswith("file://"):
-        return uri[len("file://"):]
-    return "" if "://" in uri else uri
 
 
 def check_model_roots(rec: Record, resolved: dict[str, str], roots: Sequence[str]) -> None:
@@ -375,8 +369,8 @@ def check_model_roots(rec: Record, resolved: dict[str, str], roots: Sequence[str
     as given to its real path (symlinks and `..` followed: the adapter resolves them)."""
     named = [("model_path", rec.spec.model_path)]
     named += [(f"loras[{i}].path", x.path) for i, x in enumerate(rec.spec.loras)]
-    if rec.spec.HasField("weights") and local_weights(rec.spec.weights.uri):
-        named.append(("weights.uri", local_weights(rec.spec.weights.uri)))
+    if rec.spec.HasField("weights") and local_path(rec.spec.weights.uri):
+        named.append(("weights.uri", local_path(rec.spec.weights.uri)))
     for param, path in named:
         if not path:
             continue
