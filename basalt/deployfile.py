@@ -18,6 +18,9 @@ from basalt.weights import normal_uri, uri_problem
 ROUTING_POLICIES = ("kv", "round_robin", "least_loaded", "random", "session")
 
 
+DEFAULT_QUEUE_LIMIT = 1024
+
+
 class Autoscaling(BaseModel):
     model_config = ConfigDict(extra="forbid")
     min_replica: int = Field(0, ge=0, le=1000)
@@ -84,7 +87,9 @@ class Deployment(BaseModel):
     allowed_regions: list[str] = Field(default_factory=list)
     preferred_regions: list[str] = Field(default_factory=list)
     routing_policy: Literal["kv", "round_robin", "least_loaded", "random", "session"] = "kv"
-    queue_limit: int = Field(64, ge=0, le=100_000)
+    # Per router: requests waiting for a replica with room. A burst is queued, not refused,
+    # as an engine's own server would queue it (`vllm serve` has no bound); past it, 429.
+    queue_limit: int = Field(DEFAULT_QUEUE_LIMIT, ge=0, le=100_000)
     queue_timeout_s: float = Field(30.0, gt=0, le=3600)
     loras: list[Lora] = Field(default_factory=list)
     # Given: a replica loads its weights from the node cache (see Weights).

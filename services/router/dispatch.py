@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -127,6 +127,19 @@ class Channels:
                                                                  interceptors=interceptors)
         return runtime_pb2_grpc.RuntimeStub(ch)
 
+    async def warm(self, address: str, replica_id: str = "", timeout_s: float = 30.0) -> None:
+        """Connect the replica's channel now, so its first request finds it connected."""
+        self.stub(address, replica_id)
+        ch = self._channels.get((address, replica_id if self.secret else ""))
+        if ch is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            await asyncio.wait_for(ch.channel_ready(), timeout_s)
+        except (TimeoutError, grpc.aio.UsageError):  # not up yet, or dropped meanwhile
+            return
+        metrics.PHASE_CONNECT.observe(time.perf_counter() - t0)
+
     async def drop(self, address: str) -> None:
         for key in [k for k in self._channels if k[0] == address]:
             ch = self._channels.pop(key, None)
@@ -136,6 +149,33 @@ class Channels:
     async def close(self) -> None:
         for address, _ in list(self._channels):
             await self.drop(address)
+
+
+class Wakeup:
+    """Wakes every request waiting for a replica when something changed (a call finished, a
+    record or load report came in). No wake-up is lost: a waiter takes the current event
+    before it looks, and `notify` sets that event and starts a new one for later waiters."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def ticket(self) -> asyncio.Event:
+        """The event the next `notify` sets: take it, then look, then wait on it."""
+        return self._event
+
+    def notify(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    def set(self) -> None:  # the watchers' `changed()` callback
+        self.notify()
+
+
+# A queued request also looks again this often with no wake-up: a replica's failure backoff
+# ends on the clock, not on an event.
+QUEUE_RECHECK_S = 0.5
 
 
 class Dispatcher:
@@ -165,7 +205,7 @@ class Dispatcher:
         # first may take one, so parked requests are served in the order they came.
         self._lines: dict[str, list[str]] = {}
         self.demand = DemandBook()
-        self.changed = asyncio.Event()
+        self.changed = Wakeup()
         self._policies: dict[str, PolicyConfig] = {}
 
     def policy_for(self, dep: deploy_pb2.DeploymentRecord) -> PolicyConfig:
@@ -178,7 +218,7 @@ class Dispatcher:
         return found
 
     def decide(
-        self, route: Route, prompt: list[int], ctx: RequestContext, exclude: set[str], now: float,
+        self, route: Route, prompt: Sequence[int], ctx: RequestContext, exclude: set[str], now: float,
     ) -> tuple[Decision | None, int]:
         """Pick a replica at time `now` (or None); also returns the request's block count."""
         dep = route.deployment
@@ -186,9 +226,13 @@ class Dispatcher:
         if not views:
             return None, 0
         block_size = views[0].kv_block_size
+        t0 = time.perf_counter()
         hashes = ctx.hashes.get(block_size)
         if hashes is None:  # once per request, not on every retry or queue wake-up
             hashes = ctx.hashes[block_size] = self.index.hasher(prompt, block_size, route.lora_name)
+            t1 = time.perf_counter()
+            metrics.PHASE_HASH.observe(t1 - t0)
+            t0 = t1
         overlap = self.index.match(hashes)
         request = RouteRequest(
             num_prompt_tokens=len(prompt), num_blocks=len(hashes), lora_name=route.lora_name,
@@ -198,10 +242,11 @@ class Dispatcher:
             request, views, overlap, self.policy_for(dep), now=now, latency=self.latency,
             rng=self.rng, rr_state=self._rr.setdefault(dep.id, RoundRobinState()),
         )
+        metrics.PHASE_DECIDE.observe(time.perf_counter() - t0)
         return decision, max(len(hashes), -(-len(prompt) // block_size))
 
     async def _acquire(
-        self, route: Route, prompt: list[int], ctx: RequestContext, exclude: set[str]
+        self, route: Route, prompt: Sequence[int], ctx: RequestContext, exclude: set[str]
     ) -> tuple[Decision, int]:
         """Wait until a replica can take the request: in the deployment's bounded queue, or,
         while it has no ready replica, parked (its own limit and timeout) with a wake sent."""
@@ -236,14 +281,18 @@ class Dispatcher:
         line = self._lines.setdefault(dep.id, [])
         line.append(ctx.request_id)
         metrics.QUEUED.labels(deployment=dep.id).inc()
-        deadline = time.monotonic() + timeout
+        queued_at = time.monotonic()
+        deadline = queued_at + timeout
+        ticket = self.changed.ticket()
         try:
-            while time.monotonic() < deadline:
-                self.changed.clear()
+            while (now := time.monotonic()) < deadline:
+                # Woken by a change (a call ending, a record or load report), not by polling.
+                wait_s = min(QUEUE_RECHECK_S, deadline - now)
                 try:
-                    await asyncio.wait_for(self.changed.wait(), timeout=0.05)
+                    await asyncio.wait_for(ticket.wait(), timeout=wait_s)
                 except TimeoutError:
                     pass
+                ticket = self.changed.ticket()
                 now = time.monotonic()
                 if phase is Phase.PARKED and not self.fleet.candidates(dep.id, now):
                     self._wake(dep.id)  # resent each second while parked: a wake may be lost
@@ -251,6 +300,7 @@ class Dispatcher:
                     continue
                 decision, blocks = self.decide(route, prompt, ctx, exclude, now)
                 if decision is not None:
+                    metrics.PHASE_QUEUE.observe(time.monotonic() - queued_at)
                     return decision, blocks
             candidates = len(self.fleet.candidates(dep.id, time.monotonic()))
             raise NoReplica(dep.id, timeout, why_unserved(candidates))
@@ -259,7 +309,7 @@ class Dispatcher:
             line.remove(ctx.request_id)
             if not line:
                 self._lines.pop(dep.id, None)
-            self.changed.set()  # the next in line tries at once
+            self.changed.notify()  # the next in line tries at once
             metrics.QUEUED.labels(deployment=dep.id).dec()
 
     def _wake(self, deployment_id: str) -> None:
@@ -273,7 +323,7 @@ class Dispatcher:
         log.info("wake_sent", deployment=deployment_id, parked=msg.parked)
 
     async def _with_failover(
-        self, route: Route, prompt: list[int], ctx: RequestContext, summary: RequestSummary,
+        self, route: Route, prompt: Sequence[int], ctx: RequestContext, summary: RequestSummary,
         open_call: Callable[[runtime_pb2_grpc.RuntimeStub], Any],
     ) -> AsyncIterator[Any]:
         """The one failover loop of generate and predict (rules in core/failover.py): pick a
@@ -318,10 +368,15 @@ class Dispatcher:
         self.demand.phase(entry.record.deployment, ctx.request_id, Phase.IN_FLIGHT,
                           time.monotonic())
         replica_fault = False
+        opened = time.perf_counter()
         call = open_call(self.channels.stub(entry.record.grpc_address, rid))
         try:
+            first = True
             async for resp in call:
-                self.fleet.started(rid, ctx.request_id)
+                if first:
+                    first = False
+                    metrics.PHASE_FIRST_CHUNK.observe(time.perf_counter() - opened)
+                    self.fleet.started(rid, ctx.request_id)
                 yield resp
         except grpc.aio.AioRpcError as e:
             replica_fault = classify(e.code().name, e.details() or "") is Fault.REPLICA
@@ -329,10 +384,10 @@ class Dispatcher:
         finally:
             call.cancel()  # the client went away: the runtime aborts and frees the blocks
             self.fleet.finished(rid, ctx.request_id, not replica_fault, time.monotonic())
-            self.changed.set()
+            self.changed.notify()
 
     async def generate(
-        self, route: Route, prompt: list[int], sampling: runtime_pb2.SamplingParams,
+        self, route: Route, prompt: Sequence[int], sampling: runtime_pb2.SamplingParams,
         ctx: RequestContext,
     ) -> AsyncIterator[runtime_pb2.GenerateResponse]:
         """Stream from the chosen replica; retry elsewhere if it fails before the first token."""

@@ -50,6 +50,7 @@ from services.router.core.errors import (
 from services.router.core.ratelimit import KeyLimits
 from services.router.status_codes import grpc_code
 
+from . import metrics
 from .dispatch import Dispatcher, RequestContext
 from .tokenizers import Tokenizers
 
@@ -245,8 +246,9 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         if not streaming:
             codec.refuse_stream_on_infer(call)
         route = with_lora(route, call.lora_name)
-        tok = await self.tokenizers.get(route.deployment)
-        prompt = await asyncio.to_thread(tok.encode, call.text)  # off the event loop
+        t0 = time.perf_counter()
+        prompt = await self.tokenizers.encode(route.deployment, call.text)  # off the loop
+        metrics.PHASE_TOKENIZE.observe(time.perf_counter() - t0)
         if not prompt:
             raise BadRequest("input 'text_input' is empty")
         shaper = codec.TextResponses(call, streaming)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,31 +14,31 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from basalt.apikeys import KeyStoreUnavailable, KeyVerifier, allows_model, key_from_header
+from basalt.apikeys import KeyVerifier, allows_model
 from basalt.log import bind_request_id, clear_request_id, get_logger
 from basalt.pb import runtime_pb2
 from services.router.core.deployments import DeploymentTable, Route
 from services.router.core.errors import (
-    AuthUnavailable,
     BadRequest,
     Forbidden,
     ModelNotFound,
+    QueueFull,
     RateLimited,
     RouterError,
-    Unauthorized,
 )
 from services.router.core.ratelimit import KeyLimits, retry_after_header
 from services.router.status_codes import http_status
 
+from . import metrics
 from .body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from .dispatch import Dispatcher, RequestContext
+from .key_auth import KeyAuth
 from .openai_types import ChatCompletionRequest, CompletionRequest, _Sampling
 from .tokenizers import Tokenizers
 
 log = get_logger(__name__)
 FINISH = {runtime_pb2.FINISH_REASON_STOP: "stop", runtime_pb2.FINISH_REASON_LENGTH: "length",
           runtime_pb2.FINISH_REASON_ABORT: "abort"}
-OPEN_PATHS = ("/health",)
 DEFAULT_CHAT_MAX_TOKENS = 256
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 # No tokenizer makes a token of more characters than this in practice (English averages 4):
@@ -58,17 +57,22 @@ class AppState:
     session_header: str = "x-session-id"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     limits: KeyLimits = field(default_factory=KeyLimits)
+    # This router worker's index (`--workers`), sent as x-basalt-router-worker; "" alone.
+    worker: str = ""
 
 
 def _error(e: RouterError) -> JSONResponse:
     headers = ({"retry-after": retry_after_header(e.retry_after_s)}
-               if isinstance(e, RateLimited) else None)
+               if isinstance(e, RateLimited | QueueFull) else None)
     return JSONResponse(e.body(), status_code=http_status(e), headers=headers)
 
 
 def create_app(state: AppState) -> FastAPI:
     app = FastAPI(title="basalt router", docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=state.max_body_bytes)  # type: ignore[arg-type]
+    # Outermost (added last): the key is checked before the body is read.
+    app.add_middleware(KeyAuth, verifier=state.verifier, limits=state.limits,  # type: ignore[arg-type]
+                       error=_error)
 
     @app.exception_handler(RouterError)
     async def _router_error(_: Request, e: RouterError) -> JSONResponse:
@@ -90,31 +94,6 @@ def create_app(state: AppState) -> FastAPI:
                  for err in e.errors()]
         return _error(BadRequest("; ".join(parts) or "invalid request body"))
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):  # type: ignore[no-untyped-def]
-        request.state.api_key = None
-        if state.verifier is None or request.url.path in OPEN_PATHS:
-            return await call_next(request)
-        key = key_from_header(request.headers.get("authorization"))
-        try:
-            rec = await state.verifier.verify(key)
-        except KeyStoreUnavailable as e:
-            return _error(AuthUnavailable(str(e)))
-        if rec is None:
-            return _error(Unauthorized("missing, invalid or expired API key (an inference "
-                                       "key is needed here)"))
-        over = state.limits.refusal(rec.key_id, rec.rate_per_s, rec.max_concurrency,
-                                    time.monotonic())
-        if over is not None:
-            return _error(over)
-        request.state.api_key = rec
-        try:
-            response = await call_next(request)
-        except BaseException:
-            state.limits.release(rec.key_id)
-            raise
-        return _released_after(response, lambda: state.limits.release(rec.key_id))
-
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -129,26 +108,30 @@ def create_app(state: AppState) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
+        _parsed(request)
         route = _resolve(state, body.model, request=request)
-        tok = await state.tokenizers.get(route.deployment)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         _check_length(state, route, "messages", sum(len(m["content"]) for m in messages))
         # Off the event loop: a long prompt must not stall every other stream and /health.
-        prompt = await asyncio.to_thread(tok.apply_chat_template, messages)
+        t0 = time.perf_counter()
+        prompt = await state.tokenizers.chat(route.deployment, messages)
+        metrics.PHASE_TOKENIZE.observe(time.perf_counter() - t0)
         max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_CHAT_MAX_TOKENS
         return await _serve(state, request, body, route, prompt, max_tokens, chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
+        _parsed(request)
         route = _resolve(state, body.model, request=request)
         try:
             prompt_in = body.prompt_one()
         except ValueError as e:
             raise BadRequest(str(e)) from None
-        tok = await state.tokenizers.get(route.deployment)
         _check_length(state, route, "prompt", len(prompt_in))
-        prompt = (await asyncio.to_thread(tok.encode, prompt_in) if isinstance(prompt_in, str)
-                  else list(prompt_in))
+        t0 = time.perf_counter()
+        prompt: Sequence[int] = (await state.tokenizers.encode(route.deployment, prompt_in)
+                                 if isinstance(prompt_in, str) else list(prompt_in))
+        metrics.PHASE_TOKENIZE.observe(time.perf_counter() - t0)
         if not prompt:
             raise BadRequest("prompt is empty")
         max_tokens = body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
@@ -182,6 +165,13 @@ def create_app(state: AppState) -> FastAPI:
     return app
 
 
+def _parsed(request: Request) -> None:
+    """The parse phase ends where a handler starts (its body read and validated)."""
+    arrived = getattr(request.state, "arrived", None)
+    if arrived is not None:
+        metrics.PHASE_PARSE.observe(time.perf_counter() - arrived)
+
+
 def _check_length(state: AppState, route: Route, field_name: str, chars: int) -> None:
     """The cheap check before tokenizing: `chars` characters (or token ids) cannot fit a
     context of the deployment's max_model_len tokens."""
@@ -189,25 +179,6 @@ def _check_length(state: AppState, route: Route, field_name: str, chars: int) ->
     if limit and chars > limit * MAX_CHARS_PER_TOKEN:
         raise BadRequest(f"{field_name}: {chars} characters cannot fit the model's context of "
                          f"{limit} tokens")
-
-
-def _released_after(response: Response, release: Any) -> Response:
-    """`release()` once the response's body is sent (a stream counts as in flight until its
-    last chunk, or the client leaving)."""
-    body = getattr(response, "body_iterator", None)
-    if body is None:
-        release()
-        return response
-
-    async def tracked() -> AsyncIterator[Any]:
-        try:
-            async for chunk in body:
-                yield chunk
-        finally:
-            release()
-
-    response.body_iterator = tracked()  # type: ignore[attr-defined]
-    return response
 
 
 def _resolve(state: AppState, name: str, llm: bool = True,
@@ -251,7 +222,7 @@ def _sampling(body: _Sampling, max_tokens: int) -> runtime_pb2.SamplingParams:
 
 
 async def _serve(
-    state: AppState, request: Request, body: _Sampling, route: Route, prompt: list[int],
+    state: AppState, request: Request, body: _Sampling, route: Route, prompt: Sequence[int],
     max_tokens: int, chat: bool,
 ) -> Response:
     ctx = _context(state, request)
@@ -264,6 +235,8 @@ async def _serve(
     finally:
         clear_request_id()
     headers = {"x-basalt-replica": ctx.replica_id, "x-request-id": ctx.request_id}
+    if state.worker:
+        headers["x-basalt-router-worker"] = state.worker
     if not body.stream:
         return JSONResponse(await fmt.whole(first, stream, len(prompt)), headers=headers)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -280,6 +253,12 @@ class _Format:
         self.chat = chat
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
+        # A middle chunk (text only, no finish) is this head + the JSON string + this tail:
+        # one json.dumps of the text per token instead of the whole body.
+        mark = "\x00text\x00"
+        whole = self._chunk(mark, None, False)
+        at = whole.index(json.dumps(mark).encode())
+        self._head, self._tail = whole[:at], whole[at + len(json.dumps(mark)):]
 
     def _usage(self, resp: runtime_pb2.GenerateResponse, prompt_len: int, completion: int) -> dict:
         u = resp.usage
@@ -318,23 +297,27 @@ class _Format:
                 "choices": [choice]}
         return b"data: " + json.dumps(body).encode() + b"\n\n"
 
+    def _middle(self, text: str) -> bytes:
+        """`_chunk(text, None, False)`, from the parts built once."""
+        return self._head + json.dumps(text).encode() + self._tail
+
     async def sse(
         self, first: runtime_pb2.GenerateResponse,
         stream: AsyncIterator[runtime_pb2.GenerateResponse], include_usage: bool, prompt_len: int,
     ) -> AsyncIterator[bytes]:
-        last, n, is_first = first, len(first.token_ids), True
-        resp = first
+        last, n = first, len(first.token_ids)
+        relay = metrics.PHASE_RELAY
         try:
-            while True:
-                finish = FINISH.get(resp.finish_reason)
-                yield self._chunk(resp.text, finish, is_first)
-                is_first = False
-                last = resp
-                try:
-                    resp = await anext(stream)
-                except StopAsyncIteration:
-                    break
+            yield self._chunk(first.text, FINISH.get(first.finish_reason), True)
+            async for resp in stream:
+                got = time.perf_counter()
                 n += len(resp.token_ids)
+                finish = FINISH.get(resp.finish_reason)
+                chunk = (self._middle(resp.text) if finish is None
+                         else self._chunk(resp.text, finish, False))
+                relay.observe(time.perf_counter() - got)
+                last = resp
+                yield chunk
         except RouterError as e:
             log.warning("stream_failed", error=e.message)
             yield b"data: " + json.dumps(e.body()).encode() + b"\n\n"

@@ -41,6 +41,7 @@ class StateWatcher:
     def __init__(
         self, nc: Client, fleet: Fleet, index: PrefixIndex, table: DeploymentTable,
         channels: Channels, changed: Callable[[], None], secret: bytes = b"",
+        on_deployment: Callable[[deploy_pb2.DeploymentRecord], None] | None = None,
     ) -> None:
         self.nc = nc
         self.secret = secret
@@ -49,6 +50,8 @@ class StateWatcher:
         self.table = table
         self.channels = channels
         self.changed = changed
+        # Called with each deployment put (the router loads its tokenizer before a request).
+        self.on_deployment = on_deployment
         self._tasks: list[asyncio.Task] = []
         self._pending: set[asyncio.Task] = set()
         self._dumping: set[ReplicaId] = set()
@@ -111,6 +114,8 @@ class StateWatcher:
             log.info("replica_seen", replica=rec.replica_id, deployment=rec.deployment,
                      state=_state_name(rec.state))
             self._request_dump(ReplicaId(rec.replica_id))
+            # Connected before its first request (the channel is kept per replica).
+            self._background(self.channels.warm(rec.grpc_address, rec.replica_id))
         self.changed()
 
     def _authentic(self, replica_id: str, msg: Signed, placed_right: bool, what: str) -> bool:
@@ -136,7 +141,10 @@ class StateWatcher:
         if value is None:
             self.table.remove_deployment(key)
         else:
-            self.table.put_deployment(deploy_pb2.DeploymentRecord.FromString(value))
+            dep = deploy_pb2.DeploymentRecord.FromString(value)
+            self.table.put_deployment(dep)
+            if self.on_deployment is not None:
+                self.on_deployment(dep)
         self.changed()
 
     def _on_environment(self, key: str, value: bytes | None) -> None:

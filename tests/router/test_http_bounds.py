@@ -24,12 +24,13 @@ from services.router.tokenizers import Tokenizers
 
 
 class TimedTokenizers(Tokenizers):
-    """The real tokenizers, noting when each encode ended."""
+    """The real tokenizers, noting when each encode ended (in threads: no helper process, so
+    this process sees every encode; tests/router/test_responsive.py covers the process)."""
 
     encoded_at: list[float]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(process_chars=0)
         self.encoded_at = []
 
     async def get(self, dep: deploy_pb2.DeploymentRecord) -> Any:

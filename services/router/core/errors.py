@@ -76,6 +76,8 @@ class QueueFull(RouterError):
         )
         self.deployment_id = deployment_id
         self.limit = limit
+        # Retry-After: a queue that is full drains in about a request's time.
+        self.retry_after_s = 1.0
 
 
 class Rejected(QueueFull):
@@ -91,6 +93,7 @@ class Rejected(QueueFull):
             + " and its request_backpressure_policy is reject_on_full; retry later")
         self.deployment_id = deployment_id
         self.limit = 0
+        self.retry_after_s = 1.0
 
 
 class ParkedFull(QueueFull):
