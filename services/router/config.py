@@ -36,4 +36,7 @@ class RouterSettings(ServiceSettings):
     region_penalty_per_ms: float = Field(8.0, ge=0, description="kv policy: block-equivalents per ms of client-to-replica latency.")
     remote_region_ms: float = Field(50.0, ge=0, description="Assumed latency to a replica in another region, in ms.")
     seed: int = Field(0, description="Seed for the random policy and for the prefix index's own block hash (routers that share a seed hash prompts alike; the hash is internal to each router).")
+    tokenize_process_chars: int = Field(32_768, ge=0, description="Prompts of at least this many characters are tokenized in a helper process, so the event loop never waits on the tokenizer's GIL-held work (0: always in a thread).")
+    workers: int = Field(1, ge=1, le=64, description="Router processes serving the same HTTP and gRPC ports (SO_REUSEPORT); each builds its own index from the same events. 1: this process serves.")
+    worker_index: int = Field(-1, ge=-1, description="Set by the supervisor on each worker (its ports are shared; responses carry x-basalt-router-worker). -1: not a worker.")
     ready_file: str = Field("", description="Write the bound ports as JSON to this file once serving (for scripts).")

@@ -28,6 +28,7 @@ from .kserve import start_kserve_server, stop_kserve_servers
 from .openai_api import AppState, create_app
 from .tokenizers import Tokenizers
 from .watchers import StateWatcher
+from .workers import listening_socket, supervise
 
 log = blog.get_logger(__name__)
 
@@ -49,10 +50,7 @@ async def _preload(watcher: StateWatcher, table: DeploymentTable, tokenizers: To
         return
     async def load_all() -> None:
         for dep in table.deployments():
-            try:
-                await tokenizers.get(dep)
-            except Exception as e:  # noqa: BLE001 - a bad path answers per request later
-                log.warning("tokenizer_preload_failed", deployment=dep.id, error=str(e))
+            await tokenizers.load(dep)  # a bad path is logged; answered per request later
     try:
         await asyncio.wait_for(load_all(), 20.0)
     except TimeoutError:
@@ -96,23 +94,26 @@ async def run(s: RouterSettings) -> int:
         publish=lambda subject, data: asyncio.ensure_future(nc.publish(subject, data)),
         seed=s.seed,
     )
+    tokenizers = Tokenizers(s.tokenize_process_chars)
     watcher = StateWatcher(nc, fleet, index, table, channels, changed=dispatcher.changed.set,
-                           secret=secret)
+                           secret=secret, on_deployment=tokenizers.warm)
     await watcher.start()
     demand_task = asyncio.create_task(_report_demand(nc, dispatcher, table))
     verifier = None
     if s.auth:
         verifier = apikeys.KeyVerifier(await bus.kv_bucket(nc, subjects.API_KEYS_BUCKET))
-    tokenizers = Tokenizers()
     await _preload(watcher, table, tokenizers)
     app = create_app(AppState(table, dispatcher, tokenizers, verifier,
                               s.region_header.lower(), s.session_header.lower(),
-                              s.max_body_bytes))
+                              s.max_body_bytes,
+                              worker=str(s.worker_index) if s.worker_index >= 0 else ""))
     kserve_port = await start_kserve_server(s, table, dispatcher, tokenizers, verifier)
     metrics_port = serve_metrics(s.metrics_host, s.metrics_port)
     server = uvicorn.Server(uvicorn.Config(app, host=s.http_host, port=s.http_port,
                                            log_level="warning", lifespan="off"))
-    serve_task = asyncio.create_task(server.serve())
+    # A worker shares its port with the others (SO_REUSEPORT); alone, uvicorn binds it.
+    sockets = [listening_socket(s.http_host, s.http_port)] if s.worker_index >= 0 else None
+    serve_task = asyncio.create_task(server.serve(sockets=sockets))
     while not server.started:
         if serve_task.done():
             return 1
@@ -136,14 +137,18 @@ async def run(s: RouterSettings) -> int:
     await stop_kserve_servers()  # NOT_SERVING; in-flight KServe calls get a second
     demand_task.cancel()
     await watcher.stop()
+    tokenizers.close()
     await channels.close()
     await nc.drain()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = parse(RouterSettings, sys.argv[1:] if argv is None else argv, "basalt router")
+    args = sys.argv[1:] if argv is None else argv
+    settings = parse(RouterSettings, args, "basalt router")
     blog.configure("router", settings.log_level)
+    if settings.workers > 1:
+        return supervise(settings, args)
     try:
         return asyncio.run(run(settings))
     except (bus.NatsRefused, bus.InsecureNats) as e:
