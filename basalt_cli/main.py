@@ -19,7 +19,7 @@ commands:
   weights pull|ls|manifest   fetch a revision into a node's cache (progress bar); list caches
   keys create|list|revoke   API keys (stored hashed in NATS KV; shown once)
   make-tiny-model    build the tiny test model (random weights, local tokenizer) into DIR
-  bench              run a benchmark: basalt bench {runtime,index,routing,chaos,autoscale,coldstart} --help
+  bench              run a benchmark: basalt bench {runtime,index,routing,chaos,autoscale,coldstart,serve,router} --help
   up                 start the local stack (basalt up --help)
   mcm                run the control plane (basalt mcm --help)
   deploy FILE        create or update the deployments in a file
@@ -131,7 +131,7 @@ def _key_table(records: list, now: float) -> str:
 
 def _bench(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
-        print("usage: basalt bench {runtime,index,routing,chaos,autoscale,coldstart} [--help]")
+        print("usage: basalt bench {runtime,index,routing,chaos,autoscale,coldstart,serve,router} [--help]")
         return 0 if args else 2
     name, rest = args[0], args[1:]
     if name == "runtime":
@@ -146,6 +146,10 @@ def _bench(args: list[str]) -> int:
         from bench.autoscale import main as bench_main
     elif name == "coldstart":
         from bench.coldstart import main as bench_main
+    elif name == "serve":
+        from bench.serve import main as bench_main
+    elif name == "router":
+        from bench.router_load import main as bench_main
     else:
         print(f"basalt bench: unknown benchmark {name!r}", file=sys.stderr)
         return 2
