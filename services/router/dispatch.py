@@ -37,11 +37,11 @@ from services.router.core.failover import (
     why_unserved,
 )
 from services.router.core.fleet import Fleet
+from services.router.core.hashing import OwnHashes
 from services.router.core.index import PrefixIndex
 from services.router.core.policy import RoundRobinState, choose
 from services.router.core.types import (
     Decision,
-    OwnBlockHash,
     PolicyConfig,
     PolicyKind,
     RegionLatency,
@@ -67,7 +67,7 @@ class RequestContext:
     # The replica now serving the request (set when one is chosen).
     replica_id: str = ""
     # The prompt's own block hashes, by block size (computed on the first decision).
-    hashes: dict[int, list[OwnBlockHash]] = field(default_factory=dict)
+    hashes: dict[int, OwnHashes] = field(default_factory=dict)
     # The caller's `authorization` value (the KServe door checks the key per request).
     authorization: str | None = None
 

@@ -324,3 +324,86 @@ def test_a_replica_past_the_cap_loses_its_oldest_blocks_never_grows_past_it() ->
     assert stats.evicted_blocks == 12
     assert index.match(own(prompts[-1])) == {R1: 4, R2: 1}, "the newest stay"
     assert index.match(own(prompts[0])) == {R2: 1}, "the oldest went"
+
+
+def test_long_chains_over_many_replicas_match_a_plain_model() -> None:
+    """Chains of 16+ blocks (the vectorised ingest path), over more than 64 replicas (masks
+    of two words), with the tables rebuilt as they grow and shrink."""
+    rng = random.Random(11)
+    bs = 4
+    seqs = [[rng.randrange(5000) for _ in range(bs * rng.randrange(16, 60))] for _ in range(40)]
+    engines = {f"r{i}": FakeEngine(f"e{i % 5}".encode()) for i in range(70)}
+    held: dict[str, dict[int, OwnBlockHash]] = {r: {} for r in engines}
+    index, seqno = PrefixIndex(), dict.fromkeys(engines, 0)
+    hashes = {(r, i): engines[r].hashes(seqs[i]) for r in engines for i in range(len(seqs))}
+
+    def send(r: str, event: object) -> None:
+        index.apply(batch(r, seqno[r], event))
+        seqno[r] += 1
+
+    for step in range(900):
+        r = rng.choice(list(engines))
+        i = rng.randrange(len(seqs))
+        eh, owns = hashes[r, i], block_hashes(seqs[i], bs)
+        roll = rng.random()
+        if roll < 0.6:
+            first = 0 if rng.random() < 0.5 else rng.randrange(len(eh) // 2)
+            if first and eh[first - 1] not in held[r]:
+                first = 0
+            send(r, FakeEngine.stored(engines[r], seqs[i], first, len(eh)))
+            held[r].update(zip(eh[first:], owns[first:]))
+        elif roll < 0.9:
+            gone = eh[rng.randrange(len(eh)) :] if roll < 0.8 else rng.sample(eh, 3)
+            send(r, BlockRemoved(gone))
+            for h in gone:
+                held[r].pop(h, None)
+        elif roll < 0.97:
+            send(r, AllBlocksCleared())
+            held[r].clear()
+        else:
+            index.remove_replica(ReplicaId(r))
+            held[r].clear()
+            seqno[r] = 0
+        if step % 60 == 0 or step == 899:
+            open_replicas = set()
+            for tokens in seqs:
+                owns = block_hashes(tokens, bs)
+                expected = {}
+                for rid, blocks in held.items():
+                    values = set(blocks.values())
+                    depth = next((k for k, h in enumerate(owns) if h not in values), len(owns))
+                    if depth:
+                        expected[ReplicaId(rid)] = depth
+                    if any(a not in values and b in values for a, b in pairwise(owns)):
+                        open_replicas.add(rid)
+                assert index.match(owns) == expected
+                assert index.match(index.hasher(tokens + [1, 2], bs)) == expected
+            stats = index.stats()
+            assert stats.open_replicas == len(open_replicas)
+            assert stats.blocks == sum(len(b) for b in held.values())
+            assert stats.distinct_hashes == len({h for b in held.values() for h in b.values()})
+
+
+def test_a_prompt_longer_than_what_is_held_matches_up_to_its_first_new_block() -> None:
+    index = PrefixIndex()
+    long = list(range(4000, 4000 + 300 * BS))
+    index.apply(batch("r1", 0, A.stored(long, 0, 20), A.stored(long, 20, 170)))
+    index.apply(batch("r2", 0, B.stored(long, 0, 17)))
+    index.apply(batch("r3", 0, A.stored(long, 0, 90)))
+    index.apply(batch("r3", 1, BlockRemoved([A.hashes(long)[40]])))  # a hole at 40
+    r3 = ReplicaId("r3")
+    for n in (1, 17, 64, 65, 120, 170, 171, 300):
+        expected = {R1: min(n, 170), R2: min(n, 17), r3: min(n, 40)}
+        assert index.match(index.hasher(long[: n * BS], BS)) == expected, n
+    assert index.match(own(OTHER)) == {}
+
+
+def test_engine_hashes_past_64_bits_are_folded() -> None:
+    index = PrefixIndex()
+    long = list(range(9000, 9000 + 40 * BS))
+    wide = [2**64 + i for i in range(20)] + [-1 - i for i in range(20)]
+    index.apply(batch("r1", 0, BlockStored(wide[:20], None, long[: 20 * BS], BS)))
+    index.apply(batch("r1", 1, BlockStored(wide[20:], wide[19], long[20 * BS :], BS)))
+    assert index.match(own(long)) == {R1: 40}
+    index.apply(batch("r1", 2, BlockRemoved(wide[30:])))
+    assert index.match(own(long)) == {R1: 30}

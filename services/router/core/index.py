@@ -2,21 +2,22 @@
 
 Built from the replicas' KV event batches, keyed by the router's own chained hash (`hashing`),
 so replicas whose engines hash differently meet on the same keys. Per replica,
-`engine hash -> own hash` resolves parents and removals (`dups` counts the rare own hash held
-under several engine hashes).
+`engine hash -> own hash` (`EngineMap`) resolves parents and removals (`dups` counts the rare
+own hash held under several engine hashes).
 
-Representation: `own hash -> int bitmask of replica slots` (replica ids interned to small
-ints; slots reused). A one-bit mask (most blocks sit on one replica) is always that slot's
-single shared int object: no int per block, and `match` skips the AND by an identity test.
+Representation (index_records.py): one `OwnTable`, own hash -> bitmask of replica slots
+(replica ids interned to small ints; slots reused) and the slot of its parent block, in flat
+arrays: about 50 bytes per indexed (replica, block) where CPython dicts took 230.
 
-Match: a dict lookup in a large CPython dict is memory-bound (100-400 ns), so walking a
-1,024-block prompt costs 0.2-0.4 ms. A replica whose cached set is prefix-closed (every held
-block's parent held too; vLLM and SGLang evict tail-first, so this is the normal state) holds
-block i of a chain only if it holds blocks 0..i-1, so its depth is found by bisection (~log2 n
-lookups per distinct depth). The index knows which replicas are closed by counting, per
-replica, held blocks whose parent it lacks (`orphans`), from each block's parent (`_parent`,
-global: the own hash fixes it) and each replica's held-children counts (`kids`). Replicas with
-orphans are walked block by block, so `match` is exact either way.
+Match: the prompt's hashes are looked up in one vectorised pass (numpy over the table's
+buckets), and a cumulative AND of their masks gives every replica's depth at once: exact
+whether or not a replica's cached set is prefix-closed (one that lost a block mid-chain stops
+there). A miss on the first block answers at once; a prompt that runs past what any replica
+holds (a new turn) is cut, by a short bisection, at a block no replica holds. The lookups are
+memory-bound (one cache miss per block for the bucket, one for the mask).
+
+Open replicas (holding a block whose parent they lack; vLLM and SGLang evict tail-first, so
+this is rare) are counted by `stats` from the parent slots, not kept per event.
 
 Sequencing per replica (epoch, seq), with `floor` = the seq of the last dump applied:
   new replica or new epoch  -> drop its entries; apply; need_dump unless seq == 0
@@ -36,20 +37,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 from basalt.ids import ReplicaId
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatchData
-from services.router.core.hashing import (
-    BlockHasher,
-    HasherFactory,
-    chain_bytes,
-    default_hasher,
-    tokens_to_bytes,
-)
+from services.router.core.hashing import BlockHasher, HasherFactory, OwnHashes, default_hasher
 from services.router.core.index_records import (
+    NO_PARENT,
     ApplyTally,
     IndexCounters,
     IndexedReplica,
-    memory_estimate,
+    OwnTable,
+    own_key,
 )
 from services.router.core.types import ApplyResult, IndexStats, OwnBlockHash
 
@@ -57,6 +56,11 @@ __all__ = ["DEFAULT_MAX_BLOCKS_PER_REPLICA", "ApplyResult", "IndexStats", "Prefi
 
 # 2^18 blocks is 4M tokens at block size 16: more than any one replica's KV cache today.
 DEFAULT_MAX_BLOCKS_PER_REPLICA = 1 << 18
+_TWO = np.uint64(2)
+# From this many blocks, a BlockStored event is indexed in one vectorised pass.
+_BULK_BLOCKS = 16
+# `match` looks for a block no replica holds by bisection down to spans of this many blocks.
+_GAP_SPAN = 32
 
 
 class PrefixIndex:
@@ -64,19 +68,8 @@ class PrefixIndex:
     builds one; a deployment's candidates are filtered before matching, and block hashes
     differ by LoRA and block size). Not thread-safe; no I/O."""
 
-    __slots__ = (
-        "_entries",
-        "_free_slots",
-        "_hasher",
-        "_masks",
-        "_max_blocks",
-        "_n",
-        "_open",
-        "_parent",
-        "_replicas",
-        "_slot_bits",
-        "_slot_ids",
-    )
+    __slots__ = ("_entries", "_free_slots", "_hasher", "_max_blocks", "_n", "_own",
+                 "_replicas", "_slot_ids")
 
     def __init__(self, seed: int = 0, hash_fn: HasherFactory = default_hasher,
                  max_blocks_per_replica: int = DEFAULT_MAX_BLOCKS_PER_REPLICA) -> None:
@@ -84,15 +77,9 @@ class PrefixIndex:
             raise ValueError("max_blocks_per_replica must be at least 1")
         self._max_blocks = max_blocks_per_replica
         self._hasher = BlockHasher(seed, hash_fn)
-        self._masks: dict[OwnBlockHash, int] = {}
-        # own hash -> own hash of its parent, for every indexed block that has one.
-        self._parent: dict[OwnBlockHash, OwnBlockHash] = {}
-        # Slots of replicas that are not prefix-closed (orphans > 0).
-        self._open = 0
+        self._own = OwnTable()
         self._replicas: dict[ReplicaId, IndexedReplica] = {}
         self._slot_ids: list[ReplicaId | None] = []
-        # slot -> its one-bit mask; the same int object every one-bit mask in _masks uses.
-        self._slot_bits: list[int] = []
         self._free_slots: list[int] = []
         self._entries = 0
         self._n = IndexCounters()
@@ -173,55 +160,80 @@ class PrefixIndex:
 
     # -- query -----------------------------------------------------------------------------
 
-    def match(self, own_hashes: Sequence[OwnBlockHash]) -> dict[ReplicaId, int]:
+    def match(self, own_hashes: Sequence[OwnBlockHash] | OwnHashes) -> dict[ReplicaId, int]:
         """Per replica, how many leading blocks of `own_hashes` it holds (only replicas > 0).
 
         `own_hashes` is one chain, as `hasher` returns it for a prompt."""
-        if not own_hashes:
+        n = len(own_hashes)
+        if n == 0:
             return {}
-        first = self._masks.get(own_hashes[0], 0)
-        out: dict[ReplicaId, int] = {}
-        if not first:
-            return out
-        walk = first & self._open
-        if first ^ walk:
-            self._bisect(own_hashes, first ^ walk, out)
-        if walk:
-            self._walk(own_hashes, walk, out)
+        table, w = self._own, self._own.words
+        first = table.find(own_key(int(own_hashes[0])))
+        if first < 0 or table.is_empty(first):
+            return {}
+        if n == 1:
+            masks = np.frombuffer(table.masks, dtype=np.uint64)[first * w : first * w + w]
+            return self._depths(masks.reshape(1, w))
+        hashes = np.maximum(np.asarray(own_hashes, dtype=np.uint64), _TWO)
+        if n > 2 * _GAP_SPAN:
+            hashes = hashes[: self._gap(hashes)]
+        return self._depths(self._masks_of(hashes))
+
+    def _gap(self, hashes: OwnHashes) -> int:
+        """An index no replica holds the block at (len(hashes) if it holds the last): a
+        prompt that goes past what is cached (a new turn) is matched up to there only.
+        Bisection, down to `_GAP_SPAN` blocks; exact whatever the holes, since any block
+        no replica holds bounds every depth."""
+        table = self._own
+
+        def held(i: int) -> bool:
+            slot = table.find(int(hashes[i]))
+            return slot >= 0 and not table.is_empty(slot)
+
+        lo, hi = 0, len(hashes) - 1  # block lo is held (checked by `match`)
+        if held(hi):
+            return len(hashes)
+        while hi - lo > _GAP_SPAN:
+            mid = (lo + hi) // 2
+            if held(mid):
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
+    def _masks_of(self, hashes: OwnHashes) -> np.ndarray:
+        """The mask words (n, W) of each hash's slot (zeros where not indexed), up to the
+        first hash that is in no bucket of its chain; rows after it are cut off."""
+        table = self._own
+        slots = table.find_many(hashes, cut=True)
+        masks = np.frombuffer(table.masks, dtype=np.uint64).reshape(-1, table.words)
+        out = np.take(masks, slots, axis=0)
+        if slots.size and slots.min() < 0:
+            out[slots < 0] = 0
         return out
 
-    def _bisect(self, hashes: Sequence[OwnBlockHash], bits: int, out: dict[ReplicaId, int]) -> None:
-        """Depths of prefix-closed replicas `bits`: holders of block i nest as i grows, so
-        split [lo, hi) only while the holder sets at its ends differ."""
-        get = self._masks.get
-        stack = [(0, len(hashes), bits, 0)]  # (lo, hi, holders of block lo, of block hi)
-        while stack:
-            lo, hi, at_lo, at_hi = stack.pop()
-            if at_lo == at_hi:
-                continue
-            if hi - lo == 1:
-                self._emit(at_lo ^ at_hi, hi, out)
-                continue
-            mid = (lo + hi) // 2
-            at_mid = get(hashes[mid], 0) & at_lo
-            stack.append((mid, hi, at_mid, at_hi & at_mid))
-            stack.append((lo, mid, at_lo, at_mid))
-
-    def _walk(self, hashes: Sequence[OwnBlockHash], mask: int, out: dict[ReplicaId, int]) -> None:
-        """Depths of replicas `mask`, block by block: AND the masks, stop when none is left."""
-        get = self._masks.get
-        mask = self._canonical(mask)
-        for depth, h in enumerate(hashes):
-            x = get(h, 0)
-            if x is mask:  # one-bit masks are shared objects: same replica, nothing to AND
-                continue
-            m = mask & x
-            if m != mask:
-                self._emit(mask ^ m, depth, out)
-                if not m:
-                    return
-                mask = self._canonical(m)
-        self._emit(mask, len(hashes), out)
+    def _depths(self, masks: np.ndarray) -> dict[ReplicaId, int]:
+        """Each replica's leading depth from the mask words (n, W) of a chain's blocks."""
+        out: dict[ReplicaId, int] = {}
+        ids = self._slot_ids
+        n = masks.shape[0]
+        if n == 0:
+            return out
+        for word in range(masks.shape[1]):
+            held = np.bitwise_and.accumulate(masks[:, word])
+            drops = np.flatnonzero(held[1:] != held[:-1])
+            values = held[np.append(drops, n - 1)].tolist()  # each run's last row
+            depths = [*(drops + 1).tolist(), n]
+            after = 0
+            for i in range(len(values) - 1, -1, -1):
+                gone, after = values[i] & ~after, values[i]
+                while gone:
+                    low = gone & -gone
+                    rid = ids[word * 64 + low.bit_length() - 1]
+                    if rid is not None:
+                        out[rid] = depths[i]
+                    gone ^= low
+        return out
 
     def replicas(self) -> list[ReplicaId]:
         return list(self._replicas)
@@ -232,11 +244,13 @@ class PrefixIndex:
         return None if rep is None else (rep.epoch, rep.last_seq)
 
     def stats(self) -> IndexStats:
+        """Counts and memory; O(distinct blocks) for the open replicas: call it at metrics
+        cadence, not per request."""
         n = self._n
         return IndexStats(
             replicas=len(self._replicas),
             blocks=self._entries,
-            distinct_hashes=len(self._masks),
+            distinct_hashes=self._own.live,
             skipped_blocks=n.skipped_blocks,
             skipped_events=n.skipped_events,
             unknown_removals=n.unknown_removals,
@@ -244,26 +258,27 @@ class PrefixIndex:
             resets=n.resets,
             dumps_requested=n.dumps_requested,
             evicted_blocks=n.evicted_blocks,
-            open_replicas=self._open.bit_count(),
-            memory_bytes=memory_estimate(self._masks, self._parent, self._replicas.values()),
+            open_replicas=self._open_replicas(),
+            memory_bytes=self._own.nbytes()
+            + sum(r.engine_to_own.nbytes() for r in self._replicas.values()),
         )
 
     # -- internals -------------------------------------------------------------------------
 
-    def _emit(self, bits: int, depth: int, out: dict[ReplicaId, int]) -> None:
-        ids = self._slot_ids
-        while bits:
-            low = bits & -bits
-            rid = ids[low.bit_length() - 1]
-            if rid is not None:
-                out[rid] = depth
-            bits ^= low
-
-    def _canonical(self, mask: int) -> int:
-        """The shared object for a one-bit mask; other masks as they are."""
-        if mask & (mask - 1):
-            return mask
-        return self._slot_bits[mask.bit_length() - 1]
+    def _open_replicas(self) -> int:
+        """Replicas holding a block whose parent they do not hold."""
+        table = self._own
+        w = table.words
+        keys = np.frombuffer(table.keys, dtype=np.uint64)
+        parents = np.frombuffer(table.parents, dtype=np.uint32)
+        masks = np.frombuffer(table.masks, dtype=np.uint64).reshape(-1, w)
+        child = np.flatnonzero((keys > 0) & (parents != NO_PARENT) & masks.any(axis=1))
+        parent = parents[child].astype(np.int64)
+        parent_masks = np.zeros((child.size, w), dtype=np.uint64)
+        known = parent < keys.size
+        parent_masks[known] = masks[parent[known]]
+        lacking = np.bitwise_or.reduce(masks[child] & ~parent_masks, axis=0)
+        return sum(int(x).bit_count() for x in lacking.tolist()) if child.size else 0
 
     def _add_replica(self, rid: ReplicaId, epoch: str, seq: int) -> IndexedReplica:
         if self._free_slots:
@@ -272,8 +287,10 @@ class PrefixIndex:
         else:
             slot = len(self._slot_ids)
             self._slot_ids.append(rid)
-            self._slot_bits.append(1 << slot)
-        rep = IndexedReplica(slot=slot, bit=self._slot_bits[slot], epoch=epoch, last_seq=seq)
+            if slot >= 64 * self._own.words:
+                self._own.rebuild(self._own.buckets, self._own.words + 1)
+        rep = IndexedReplica(slot=slot, word=slot >> 6, bit=1 << (slot & 63), epoch=epoch,
+                             last_seq=seq)
         self._replicas[rid] = rep
         return rep
 
@@ -297,15 +314,66 @@ class PrefixIndex:
         if n == 0:
             return
         tokens = event.token_ids
-        data = tokens_to_bytes(tokens if len(tokens) == n * bs else tokens[: n * bs])
-        owns = chain_bytes(data, bs, n, self._hasher.template(event.lora_name), parent)
-        self._insert(rep, engine_hashes, owns, parent)
+        tokens = tokens if len(tokens) == n * bs else tokens[: n * bs]
+        engine_hashes = engine_hashes if n == len(engine_hashes) else engine_hashes[:n]
+        if n >= _BULK_BLOCKS:
+            keys = np.maximum(self._hasher(tokens, bs, event.lora_name, parent), _TWO)
+            if not self._insert_bulk(rep, engine_hashes, keys, parent):
+                self._insert(rep, engine_hashes, keys.tolist(), parent)
+        else:
+            owns = self._hasher.ints(tokens, bs, event.lora_name, parent)
+            self._insert(rep, engine_hashes, owns, parent)
         tally.stored += n
 
     def _skip(self, blocks: int, tally: ApplyTally) -> None:
         tally.skipped += blocks
         self._n.skipped_blocks += blocks
         self._n.skipped_events += 1
+
+    def _insert_bulk(
+        self, rep: IndexedReplica, engine_hashes: Sequence[int], keys: OwnHashes,
+        parent: OwnBlockHash | None,
+    ) -> bool:
+        """`_insert` for a chain of new blocks, vectorised; False (and nothing changed) where
+        the chain is not that plain case (an engine hash or own block already held by this
+        replica, a repeat inside the chain, hashes past 64 bits): `_insert` then does it."""
+        table, e2o = self._own, rep.engine_to_own
+        table.ensure_room(keys.size)  # before taking slots: a rebuild moves them
+        if np.unique(keys).size != keys.size:
+            return False
+        slots = table.find_many(keys)
+        w, word, bit = table.words, rep.word, np.uint64(rep.bit)
+        masks = np.frombuffer(table.masks, dtype=np.uint64).reshape(-1, w)
+        old = slots >= 0
+        if (masks[slots[old], word] & bit).any():
+            return False
+        del masks
+        try:
+            if not e2o.add_many(engine_hashes, keys):
+                return False
+        except OverflowError:  # an engine hash past 64 bits: `_insert` folds it
+            return False
+        new = np.flatnonzero(~old)
+        if new.size:
+            slots[new] = table.place_many(keys[new])
+        masks = np.frombuffer(table.masks, dtype=np.uint64).reshape(-1, w)
+        parents = np.frombuffer(table.parents, dtype=np.uint32)
+        parent_slot = NO_PARENT if parent is None else table.find(own_key(parent))
+        parents[slots[0]] = NO_PARENT if parent_slot < 0 else parent_slot
+        parents[slots[1:]] = slots[:-1]
+        rows = masks[slots]
+        table.live += int((~rows.any(axis=1)).sum())
+        masks[slots, word] = rows[:, word] | bit
+        del masks, parents
+        self._entries += keys.size
+        self._evict_over(rep)
+        return True
+
+    def _evict_over(self, rep: IndexedReplica) -> None:
+        over = len(rep.engine_to_own) - self._max_blocks
+        if over > 0:
+            self._remove(rep, rep.engine_to_own.oldest(over), ApplyTally())
+            self._n.evicted_blocks += over
 
     def _insert(
         self,
@@ -315,42 +383,48 @@ class PrefixIndex:
         parent: OwnBlockHash | None,
     ) -> None:
         """`rep` holds `owns` (a chain after `parent`, which it holds) under `engine_hashes`."""
-        masks, parents, kids, e2o = self._masks, self._parent, rep.kids, rep.engine_to_own
-        bit, added = rep.bit, 0
+        table, e2o = self._own, rep.engine_to_own
+        table.ensure_room(len(owns))
+        w, word, bit = table.words, rep.word, rep.bit
+        masks = table.masks
+        parent_slot = NO_PARENT if parent is None else table.find(own_key(parent))
+        if parent_slot < 0:
+            parent_slot = NO_PARENT
+        added = 0
         for eh, oh in zip(engine_hashes, owns):
-            old = e2o.get(eh)
-            if old is not None:
-                if old == oh:  # stored again: nothing changes
-                    parent = oh
+            key = own_key(oh)
+            e = e2o.find(eh)
+            if e >= 0:
+                old = e2o.own[e]
+                if old == key:  # stored again: nothing changes
+                    parent_slot = table.find(key)
                     continue
-                self._drop_own(rep, old)
-                added -= 1
-            e2o[eh] = oh
-            added += 1
-            m = masks.get(oh, 0)
-            if m & bit:
-                rep.dups[oh] = rep.dups.get(oh, 0) + 1
+                self._drop_own(rep, OwnBlockHash(old))
+                e2o.set(e, key)
             else:
-                masks[oh] = m | bit if m else bit
-                if parent is not None:
-                    if not m:
-                        parents[oh] = parent
-                    kids[parent] = kids.get(parent, 0) + 1
-                adopted = kids.get(oh)  # held children that had lost this parent
-                if adopted:
-                    self._set_orphans(rep, rep.orphans - adopted)
-            parent = oh
+                e2o.add(eh, key)
+                added += 1
+            slot = table.find(key)
+            if slot < 0:
+                slot = table.add(key, parent_slot)
+            else:
+                table.parents[slot] = parent_slot  # the same, or a LOST_PARENT found again
+            at = slot * w + word
+            m = masks[at]
+            if m & bit:
+                rep.dups[OwnBlockHash(key)] = rep.dups.get(OwnBlockHash(key), 0) + 1
+            else:
+                if not m and (w == 1 or table.is_empty(slot)):
+                    table.live += 1
+                masks[at] = m | bit
+            parent_slot = slot
         self._entries += added
-        over = len(e2o) - self._max_blocks
-        if over > 0:
-            oldest = [eh for eh, _ in zip(e2o, range(over))]
-            self._remove(rep, oldest, ApplyTally())
-            self._n.evicted_blocks += over
+        self._evict_over(rep)
 
     def _remove(self, rep: IndexedReplica, engine_hashes: Sequence[int], tally: ApplyTally) -> None:
         e2o = rep.engine_to_own
         for eh in engine_hashes:
-            oh = e2o.pop(eh, None)
+            oh = e2o.pop(eh)
             if oh is None:
                 self._n.unknown_removals += 1
                 continue
@@ -358,55 +432,38 @@ class PrefixIndex:
             self._entries -= 1
             tally.removed += 1
 
-    def _drop_own(self, rep: IndexedReplica, oh: OwnBlockHash) -> None:
-        """`rep` holds `oh` under one engine hash fewer; releases it at the last."""
-        extra = rep.dups.get(oh)
+    def _drop_own(self, rep: IndexedReplica, key: OwnBlockHash) -> None:
+        """`rep` holds `key` under one engine hash fewer; releases it at the last."""
+        extra = rep.dups.get(key)
         if extra:
             if extra == 1:
-                del rep.dups[oh]
+                del rep.dups[key]
             else:
-                rep.dups[oh] = extra - 1
+                rep.dups[key] = extra - 1
             return
-        masks, kids = self._masks, rep.kids
-        orphans = rep.orphans + kids.get(oh, 0)  # its held children lose their parent
-        parent = self._parent.get(oh)
-        if parent is not None:
-            left = kids[parent] - 1
-            if left:
-                kids[parent] = left
-            else:
-                del kids[parent]
-            if not masks.get(parent, 0) & rep.bit:
-                orphans -= 1  # it was an orphan itself
-        m = masks.get(oh, 0) & ~rep.bit
-        if m:
-            masks[oh] = self._canonical(m)
-        else:
-            del masks[oh]
-            self._parent.pop(oh, None)
-        self._set_orphans(rep, orphans)
-
-    def _set_orphans(self, rep: IndexedReplica, orphans: int) -> None:
-        assert orphans >= 0, "orphan count went negative"
-        rep.orphans = orphans
-        if orphans:
-            self._open |= rep.bit
-        else:
-            self._open &= ~rep.bit
+        table = self._own
+        slot = table.find(key)
+        if slot < 0:  # pragma: no cover - an entry always has its own slot
+            return
+        at = slot * table.words + rep.word
+        table.masks[at] &= ~rep.bit
+        if table.is_empty(slot):
+            table.release(slot)
 
     def _clear(self, rep: IndexedReplica) -> None:
-        masks, parents = self._masks, self._parent
-        keep = ~rep.bit
-        canonical = self._canonical
-        for oh in rep.engine_to_own.values():
-            m = masks.get(oh, 0) & keep
-            if m:
-                masks[oh] = canonical(m)
-            elif oh in masks:
-                del masks[oh]
-                parents.pop(oh, None)
+        table = self._own
+        w, word, keep = table.words, rep.word, ~rep.bit
+        masks = table.masks
+        for key in rep.engine_to_own.owns():
+            slot = table.find(key)
+            if slot < 0:
+                continue
+            at = slot * w + word
+            m = masks[at]
+            if m & rep.bit:
+                masks[at] = m & keep
+                if table.is_empty(slot):
+                    table.release(slot)
         self._entries -= len(rep.engine_to_own)
         rep.engine_to_own.clear()
         rep.dups.clear()
-        rep.kids.clear()
-        self._set_orphans(rep, 0)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from random import Random
 
@@ -115,16 +115,48 @@ def choose_kv(
         return None
     get = overlap.get
     regions = {g: _region_cost(request, g, config, latency) for g in {r.region for r in candidates}}
-    scored = [
-        (_kv_terms(request, r, get(r.replica_id, 0), config, regions[r.region]), r)
-        for r in candidates
-    ]
-    if config.temperature > 0 and rng is not None and len(scored) > 1:
+    if config.temperature > 0 and rng is not None and len(candidates) > 1:
+        scored = [
+            (_kv_terms(request, r, get(r.replica_id, 0), config, regions[r.region]), r)
+            for r in candidates
+        ]
         terms, best = _sample_softmax(scored, config.temperature, rng)
-    else:
-        terms, best = min(scored, key=lambda s: (s[0][5], s[1].kv_blocks_active, s[1].replica_id))
+        return Decision(best.replica_id, PolicyKind.KV, get(best.replica_id, 0),
+                        CostBreakdown(*terms))
+    best = _lowest_kv(request, candidates, get, config, regions)
     overlap_blocks = get(best.replica_id, 0)
+    terms = _kv_terms(request, best, overlap_blocks, config, regions[best.region])
     return Decision(best.replica_id, PolicyKind.KV, overlap_blocks, CostBreakdown(*terms))
+
+
+def _lowest_kv(
+    request: RouteRequest,
+    candidates: Sequence[Candidate],
+    get: Callable[[ReplicaId, int], int],
+    config: PolicyConfig,
+    regions: Mapping[str, float],
+) -> Candidate:
+    """The candidate of lowest `_kv_terms` total (ties: fewer active blocks, then the smaller
+    id), in one pass with the arithmetic inline: this runs once per decision over every
+    replica, so no tuple per candidate is built (the winner's terms are computed after)."""
+    tokens, blocks, lora_name = request.num_prompt_tokens, request.num_blocks, request.lora_name
+    w_overlap, w_wait, lora_penalty = (config.overlap_weight, config.waiting_weight_blocks,
+                                       config.lora_load_penalty)
+    best: Candidate | None = None
+    best_key: tuple[float, int, str] = (math.inf, 0, "")
+    for r in candidates:
+        bs = r.kv_block_size if r.kv_block_size > 0 else 1
+        prefill = tokens - get(r.replica_id, 0) * bs
+        lora = lora_penalty if lora_name and lora_name not in r.loras else 0.0
+        # Summed in `_kv_terms`' order, so totals (and ties) are bit for bit the same.
+        total = (w_overlap * (prefill / bs if prefill > 0 else 0.0)
+                 + float(r.kv_blocks_active + blocks) + r.num_waiting * w_wait + lora
+                 + regions[r.region])
+        if total < best_key[0] or (total == best_key[0] and best is not None
+                                   and (r.kv_blocks_active, r.replica_id) < best_key[1:]):
+            best, best_key = r, (total, r.kv_blocks_active, r.replica_id)
+    assert best is not None
+    return best
 
 
 def _sample_softmax(
