@@ -307,22 +307,35 @@ class _Format:
     ) -> AsyncIterator[bytes]:
         last, n = first, len(first.token_ids)
         relay = metrics.PHASE_RELAY
+        # The chunk carrying the finish reason is the replica's last: it goes out with the
+        # usage chunk and [DONE] in one write, not three.
+        held = b""
         try:
-            yield self._chunk(first.text, FINISH.get(first.finish_reason), True)
+            chunk = self._chunk(first.text, FINISH.get(first.finish_reason), True)
+            if first.finish_reason:
+                held = chunk
+            else:
+                yield chunk
             async for resp in stream:
                 got = time.perf_counter()
                 n += len(resp.token_ids)
                 finish = FINISH.get(resp.finish_reason)
-                chunk = (self._middle(resp.text) if finish is None
-                         else self._chunk(resp.text, finish, False))
+                if held:  # (nothing follows a finish; should something, it is not held back)
+                    yield held
+                    held = b""
+                if finish is None:
+                    chunk = self._middle(resp.text)
+                else:
+                    held = self._chunk(resp.text, finish, False)
                 relay.observe(time.perf_counter() - got)
                 last = resp
-                yield chunk
+                if finish is None:
+                    yield chunk
         except RouterError as e:
             log.warning("stream_failed", error=e.message)
-            yield b"data: " + json.dumps(e.body()).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
+            yield held + b"data: " + json.dumps(e.body()).encode() + b"\n\ndata: [DONE]\n\n"
             return
+        tail = [held]
         if include_usage:
             obj = "chat.completion.chunk" if self.chat else "text_completion"
             body: dict[str, Any] = {
@@ -330,5 +343,6 @@ class _Format:
                 "choices": [],
                 "usage": self._usage(last, prompt_len, n),
             }
-            yield b"data: " + json.dumps(body).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
+            tail.append(b"data: " + json.dumps(body).encode() + b"\n\n")
+        tail.append(b"data: [DONE]\n\n")
+        yield b"".join(tail)
