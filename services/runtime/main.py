@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -20,7 +21,7 @@ from basalt import log as blog
 from basalt.config import parse
 from basalt.metrics import serve_metrics
 from basalt.pb import events_pb2, kserve_pb2, kserve_pb2_grpc, runtime_pb2, runtime_pb2_grpc
-from services.runtime.core.engine import EngineInfo
+from services.runtime.core.engine import EngineInfo, GenerateInput, SamplingParams
 from services.runtime.core.phases import PHASE_TITLES, StartPhases, format_bytes
 
 from . import metrics, warm
@@ -38,6 +39,13 @@ SERVICE_NAMES = (
     health.SERVICE_NAME,
     reflection.SERVICE_NAME,
 )
+
+
+# The warm-up generation before READY (Replica._warm_up): which engines, its prompt (one
+# token id every vocabulary has) and how long it may take.
+WARM_UP_ENGINES = ("vllm", "trtllm")
+WARM_UP_TOKEN = 1
+WARM_UP_TIMEOUT_S = 120.0
 
 
 class Replica:
@@ -157,6 +165,7 @@ class Replica:
             self.phases.engine_ts = time.time()
             for name, path in self.settings.lora_map().items():
                 await self.engine.load_lora(name, path)
+            await self._warm_up()
 
         loading = asyncio.create_task(load())
         stopped = asyncio.create_task(stop.wait())
@@ -168,6 +177,28 @@ class Replica:
         log.info("replica_stopped_while_loading", replica_id=self.replica_id)
         loading.cancel()
         return False
+
+    async def _warm_up(self) -> None:
+        """Ready means ready: one tiny generation (a 1-token prompt, 2 tokens out) before READY,
+        so the first user request does not pay the engine's first-call costs. Three tokens
+        never fill a KV block: nothing is hashed, cached or published as a routable prefix,
+        and the sequence's blocks are freed when it finishes. Only real engines (vLLM,
+        TensorRT-LLM) have such costs; a failure is logged, never fatal."""
+        if self.engine.kind not in WARM_UP_ENGINES:
+            return
+        inp = GenerateInput(f"warmup-{self.replica_id}", [WARM_UP_TOKEN],
+                            SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+        t0 = time.monotonic()
+        try:
+            async with asyncio.timeout(WARM_UP_TIMEOUT_S):
+                async with contextlib.aclosing(self.engine.generate(inp)) as chunks:
+                    tokens = sum([len(c.token_ids) async for c in chunks])
+        except Exception as e:  # noqa: BLE001 - serving matters more than warming
+            log.warning("engine_warm_up_failed", replica_id=self.replica_id,
+                        error=str(e) or type(e).__name__)
+            return
+        log.info("engine_warmed_up", replica_id=self.replica_id, tokens=tokens,
+                 seconds=round(time.monotonic() - t0, 3))
 
     async def _warm_weights(self) -> None:
         """The "loaded" phase: the weight files read into host memory before the engine

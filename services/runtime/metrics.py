@@ -1,4 +1,4 @@
-"""The runtime's Prometheus metrics, named after vLLM's (`vllm:x` → `basalt:x`) (no I/O)."""
+"""The runtime's Prometheus metrics: vLLM's as `basalt:x`, plus `basalt_runtime_*` (no I/O)."""
 
 from __future__ import annotations
 
@@ -49,4 +49,22 @@ WEIGHTS_LOAD_RATE = Gauge(
 )
 WEIGHTS_BYTES = Gauge(
     "basalt_runtime_weights_bytes", "Bytes of weight files read into host memory.", LABELS,
+)
+
+# One request's way through the runtime, per phase (services/runtime/core/request_phases.py
+# PHASES: receive, engine_add, first_token, send). `send` is observed once per stream message.
+REQUEST_PHASE = Histogram(
+    "basalt_runtime_request_phase_seconds",
+    "Seconds a request spent in each runtime phase (send: per stream message).",
+    LABELS + ["phase"],
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+             0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+STREAM_MESSAGES = Counter(
+    "basalt_runtime_stream_messages", "Generate stream messages sent.", LABELS
+)
+STREAM_TOKENS = Counter(
+    "basalt_runtime_stream_tokens",
+    "Tokens sent in Generate stream messages (over stream_messages: > 1 where a lagging "
+    "client had engine steps coalesced into one message).", LABELS,
 )

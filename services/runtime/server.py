@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
@@ -16,11 +17,13 @@ from basalt.log import bind_request_id, clear_request_id, get_logger
 from basalt.pb import events_pb2, runtime_pb2, runtime_pb2_grpc
 from basalt.replicaauth import token_from_metadata, token_matches
 from services.runtime.core.convert import chunk_to_proto, generate_input_from_proto
-from services.runtime.core.engine import Engine
+from services.runtime.core.engine import Engine, GenerateChunk
 from services.runtime.core.errors import Draining, InvalidRequest, RuntimeServiceError
+from services.runtime.core.request_phases import ENGINE_ACCEPTED
 
 from . import metrics
 from .publisher import KvEventPublisher, LoadReporter
+from .pump import EnginePump
 
 log = get_logger(__name__)
 
@@ -31,6 +34,48 @@ class InFlight:
     def __init__(self) -> None:
         self.count = 0
         self.draining = False
+
+
+class _RequestWatch:
+    """One Generate's clock: its phases (core/request_phases.py) and latency metrics, observed
+    as each engine chunk is read (on the pump's task, or in the handler for an engine that
+    merges), not when its message is written."""
+
+    __slots__ = ("accepted", "first", "last", "messages", "start", "svc", "tokens")
+
+    def __init__(self, svc: RuntimeServicer, arrived: float) -> None:
+        self.svc = svc
+        self.start = self.last = time.monotonic()  # validated: the engine's clock starts here
+        self.accepted = 0.0
+        self.first = True
+        self.messages = self.tokens = 0  # messages sent, tokens out of the engine
+        svc._phase_receive.observe(self.start - arrived)
+
+    def on_accepted(self) -> None:
+        self.accepted = now = time.monotonic()
+        self.svc._phase_engine_add.observe(now - self.start)
+
+    def on_chunk(self, chunk: GenerateChunk) -> None:
+        now = time.monotonic()
+        svc = self.svc
+        if chunk.token_ids:
+            gap = now - self.last
+            if self.first:
+                self.first = False
+                if svc.on_first_token is not None:
+                    svc._first_token()
+                svc._ttft.observe(gap)
+                svc.load.ttft.add(now, gap * 1000)
+                svc._phase_first_token.observe(now - (self.accepted or self.start))
+            else:
+                svc._itl.observe(gap)
+                svc.load.itl.add(now, gap * 1000)
+            self.last = now
+            n = len(chunk.token_ids)
+            self.tokens += n
+            svc.load.generated_tokens += n
+        if chunk.usage is not None:
+            svc._observe_finish(chunk, now - self.start)
 
 
 class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
@@ -56,9 +101,22 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         self.on_first_token = on_first_token
         self.inflight = InFlight()
         self.labels = {"model": model_name, "replica": replica_id}
-        # Labelled children looked up once: ITL is observed on every streamed chunk.
-        self._ttft = metrics.TTFT.labels(**self.labels)
-        self._itl = metrics.ITL.labels(**self.labels)
+        # Labelled children looked up once: several are observed on every streamed chunk.
+        labels = self.labels
+        self._ttft = metrics.TTFT.labels(**labels)
+        self._itl = metrics.ITL.labels(**labels)
+        self._e2e = metrics.E2E.labels(**labels)
+        self._prompt_tokens = metrics.PROMPT_TOKENS.labels(**labels)
+        self._generation_tokens = metrics.GENERATION_TOKENS.labels(**labels)
+        self._cache_hit_tokens = metrics.PREFIX_CACHE_HIT_TOKENS.labels(**labels)
+        self._requests: dict[str, Any] = {}  # finished_reason -> counter child
+        self._messages = metrics.STREAM_MESSAGES.labels(**labels)
+        self._stream_tokens = metrics.STREAM_TOKENS.labels(**labels)
+        phase = metrics.REQUEST_PHASE
+        self._phase_receive = phase.labels(**labels, phase="receive")
+        self._phase_engine_add = phase.labels(**labels, phase="engine_add")
+        self._phase_first_token = phase.labels(**labels, phase="first_token")
+        self._phase_send = phase.labels(**labels, phase="send")
 
     async def _refuse_if_draining(self, context: grpc.aio.ServicerContext) -> None:
         if self.inflight.draining:
@@ -67,35 +125,54 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
     async def Generate(
         self, request: runtime_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[runtime_pb2.GenerateResponse]:
+        """Stream the engine's tokens as it makes them. Each message carries what the engine
+        made while the last write was in flight: one message per engine step for a client
+        that keeps up, fewer and larger for one that lags (no timer). An engine whose stream
+        merges on its own (`merges_outputs`: vLLM's collector, the sim's queue) is read here
+        directly; any other through an `EnginePump` task that merges for it."""
+        arrived = time.monotonic()
         await self._refuse_if_draining(context)
         try:
             inp = generate_input_from_proto(request, fallback_id=uuid.uuid4().hex)
         except InvalidRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         bind_request_id(inp.request_id)
+        watch = _RequestWatch(self, arrived)
+        on_chunk, send = watch.on_chunk, self._phase_send
         self.inflight.count += 1
-        stream = None
-        start = last = time.monotonic()
-        first = True
+        # Seen by the engine's generator (here, or copied into the pump's task): engine_add.
+        ENGINE_ACCEPTED.set(watch.on_accepted)
+        stream = pump = None
+        monotonic = time.monotonic
         try:
             stream = self.engine.generate(inp)
-            async for chunk in stream:
-                now = time.monotonic()
-                if chunk.token_ids:
-                    if first and self.on_first_token is not None:
-                        self._first_token()
-                    self._observe_latency(now, now - last, first)
-                    first, last = False, now
-                    self.load.generated_tokens += len(chunk.token_ids)
-                if chunk.usage is not None:
-                    self._observe_finish(chunk, now - start)
-                yield chunk_to_proto(chunk)
+            if getattr(self.engine, "merges_outputs", False):
+                async for chunk in stream:
+                    on_chunk(chunk)
+                    message = chunk_to_proto(chunk)
+                    t0 = monotonic()
+                    yield message
+                    send.observe(monotonic() - t0)
+                    watch.messages += 1
+            else:
+                pump = EnginePump(stream, on_chunk)
+                while (merged := await pump.next()) is not None:
+                    message = chunk_to_proto(merged)
+                    t0 = monotonic()
+                    yield message
+                    send.observe(monotonic() - t0)
+                    watch.messages += 1
         except InvalidRequest as e:
             log.info("generate_rejected", reason=str(e))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         finally:
-            if stream is not None:
-                await stream.aclose()  # client gone: the engine aborts the sequence
+            ENGINE_ACCEPTED.set(None)
+            if pump is not None:
+                await pump.aclose()  # client gone: the engine aborts the sequence
+            elif stream is not None:
+                await stream.aclose()
+            self._messages.inc(watch.messages)
+            self._stream_tokens.inc(watch.tokens)
             self.inflight.count -= 1
             clear_request_id()
 
@@ -104,22 +181,19 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         if hook is not None:
             hook()
 
-    def _observe_latency(self, now: float, gap_s: float, first: bool) -> None:
-        if first:
-            self._ttft.observe(gap_s)
-            self.load.ttft.add(now, gap_s * 1000)
-        else:
-            self._itl.observe(gap_s)
-            self.load.itl.add(now, gap_s * 1000)
-
-    def _observe_finish(self, chunk, elapsed_s: float) -> None:
+    def _observe_finish(self, chunk: GenerateChunk, elapsed_s: float) -> None:
         usage = chunk.usage
-        metrics.E2E.labels(**self.labels).observe(elapsed_s)
-        metrics.PROMPT_TOKENS.labels(**self.labels).inc(usage.prompt_tokens)
-        metrics.GENERATION_TOKENS.labels(**self.labels).inc(usage.completion_tokens)
-        metrics.PREFIX_CACHE_HIT_TOKENS.labels(**self.labels).inc(usage.cached_prompt_tokens)
+        assert usage is not None
+        self._e2e.observe(elapsed_s)
+        self._prompt_tokens.inc(usage.prompt_tokens)
+        self._generation_tokens.inc(usage.completion_tokens)
+        self._cache_hit_tokens.inc(usage.cached_prompt_tokens)
         reason = chunk.finish_reason.value if chunk.finish_reason else "unknown"
-        metrics.REQUESTS.labels(**self.labels, finished_reason=reason).inc()
+        counter = self._requests.get(reason)
+        if counter is None:
+            counter = self._requests[reason] = metrics.REQUESTS.labels(
+                **self.labels, finished_reason=reason)
+        counter.inc()
 
     async def Predict(
         self, request: runtime_pb2.PredictRequest, context: grpc.aio.ServicerContext

@@ -25,6 +25,7 @@ from services.runtime.core.engine import (
     Usage,
 )
 from services.runtime.core.errors import InvalidRequest, NotSupported, UnknownLora
+from services.runtime.core.request_phases import mark_engine_accepted
 
 from .vllm_convert import (
     check_input,
@@ -104,30 +105,33 @@ def _stat_logger_class(view: _SchedulerView) -> type:
     return SchedulerStatsSink
 
 
-async def _chunks(stream: Any, prompt_len: int) -> AsyncGenerator[GenerateChunk, None]:
-    """Our chunks from vLLM's DELTA RequestOutputs; the stream ends after the finished one."""
-    from vllm.exceptions import VLLMClientError
+def _chunk(out: Any, prompt_len: int, completion: int) -> GenerateChunk | None:
+    """Our chunk from one DELTA RequestOutput (`completion`: tokens so far, these included);
+    None for an empty non-final one."""
+    o = out.outputs[0]
+    if out.finished:
+        usage = Usage(prompt_len, completion, out.num_cached_tokens or 0)
+        return GenerateChunk(list(o.token_ids), o.text, finish_reason(o.finish_reason), usage)
+    if o.token_ids or o.text:
+        return GenerateChunk(list(o.token_ids), o.text)
+    return None
 
+
+async def _abort_quietly(llm: Any, internal_id: str) -> None:
+    """Abort one request by vLLM's internal id; an engine already gone has nothing to free."""
     try:
-        out = await anext(stream, None)
-    except (ValueError, VLLMClientError) as e:
-        raise InvalidRequest(str(e)) from e  # vLLM refused the request on admission
-    completion = 0
-    while out is not None:
-        o = out.outputs[0]
-        completion += len(o.token_ids)
-        if out.finished:
-            usage = Usage(prompt_len, completion, out.num_cached_tokens or 0)
-            yield GenerateChunk(list(o.token_ids), o.text, finish_reason(o.finish_reason), usage)
-        elif o.token_ids or o.text:
-            yield GenerateChunk(token_ids=list(o.token_ids), text=o.text)
-        out = await anext(stream, None)
+        await asyncio.shield(llm.abort(internal_id, internal=True))
+    except Exception as e:  # noqa: BLE001 - e.g. EngineDeadError at shutdown
+        log.debug("vllm abort failed", error=str(e) or type(e).__name__)
 
 
 class VllmEngine:
     """One model in vLLM's AsyncLLM. Methods run on the caller's asyncio loop."""
 
     kind = "vllm"
+    # generate() hands over all vLLM made since the last read, merged (its per-request
+    # collector): the server reads it directly, no pump (services/runtime/pump.py).
+    merges_outputs = True
 
     def __init__(self, config: VllmConfig) -> None:
         self.config = config
@@ -222,6 +226,7 @@ class VllmEngine:
         """Stream chunks; InvalidRequest (and subclasses) come before the first chunk."""
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
+        from vllm.outputs import STREAM_FINISHED
         from vllm.sampling_params import RequestOutputKind
         from vllm.sampling_params import SamplingParams as VllmSamplingParams
 
@@ -237,16 +242,35 @@ class VllmEngine:
         except (ValueError, VLLMClientError) as e:  # e.g. an empty stop string
             raise InvalidRequest(str(e)) from e
         prompt = TokensPrompt(prompt_token_ids=list(req.prompt_token_ids))
-        stream = llm.generate(prompt, params, req.request_id, lora_request=lora)
-        chunks = _chunks(stream, len(req.prompt_token_ids))
+        # AsyncLLM.add_request and its per-request collector, read here directly (what
+        # AsyncLLM.generate does, one generator fewer per token): the collector merges
+        # outputs while we lag, and add_request returning is "the engine accepted it".
         self._running.add(req.request_id)
+        collector = None
+        finished = False
         try:
-            async for chunk in chunks:
-                yield chunk
+            try:
+                collector = await llm.add_request(
+                    req.request_id, prompt, params, lora_request=lora)
+            except (ValueError, VLLMClientError) as e:
+                raise InvalidRequest(str(e)) from e  # vLLM refused the request on admission
+            mark_engine_accepted()
+            prompt_len, completion = len(req.prompt_token_ids), 0
+            while not finished:
+                out = collector.get_nowait() or await collector.get()
+                if out is STREAM_FINISHED:
+                    break
+                finished = out.finished
+                completion += len(out.outputs[0].token_ids)
+                chunk = _chunk(out, prompt_len, completion)
+                if chunk is not None:
+                    yield chunk
         finally:
             self._running.discard(req.request_id)
-            await chunks.aclose()
-            await stream.aclose()  # after a cancel or an early aclose: vLLM aborts the request
+            if collector is not None:
+                if not finished:  # closed early or cancelled (client gone): free the sequence
+                    await _abort_quietly(llm, collector.request_id)
+                collector.close()
 
     async def abort(self, request_id: str) -> bool:
         if self._llm is None or request_id not in self._running:

@@ -40,6 +40,7 @@ from services.runtime.core.engine import (
     Usage,
 )
 from services.runtime.core.errors import Draining, NotSupported, UnknownLora
+from services.runtime.core.request_phases import mark_engine_accepted
 from services.runtime.engines.sim.core.config import SimConfig
 from services.runtime.engines.sim.core.errors import DuplicateRequest
 from services.runtime.engines.sim.core.replica import (
@@ -60,6 +61,9 @@ class SimEngine:
     """One simulated vLLM replica, served on the asyncio loop it was started on."""
 
     kind = "sim"
+    # generate() hands over every token queued since the last read in one chunk: the server
+    # reads it directly, no pump (services/runtime/pump.py).
+    merges_outputs = True
 
     def __init__(self, config: SimConfig, decode: Callable[[list[int]], str] | None = None) -> None:
         self.config = config
@@ -191,6 +195,7 @@ class SimEngine:
         )
         self._streams[rid] = queue
         self._wake.set()
+        mark_engine_accepted()
         finished = False
         try:
             while not finished:
