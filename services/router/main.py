@@ -11,7 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
-from basalt import apikeys, bus, deployfile, subjects
+from basalt import apikeys, bus, deployfile, heap, subjects
 from basalt import log as blog
 from basalt.config import parse
 from basalt.metrics import serve_metrics
@@ -119,6 +119,7 @@ async def run(s: RouterSettings) -> int:
             return 1
         await asyncio.sleep(0.05)
     http_port = server.servers[0].sockets[0].getsockname()[1]
+    heap.freeze()  # transformers and the tokenizers: no full-GC pause mid-stream
     log.info("router_ready", http=f"{s.http_host}:{http_port}", kserve_grpc=kserve_port,
              metrics=metrics_port, auth=s.auth)
     if s.ready_file:

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from basalt import bus
+from basalt import bus, heap
 from basalt import log as blog
 from basalt.config import parse
 from basalt.metrics import serve_metrics
@@ -140,6 +140,8 @@ class Replica:
             return 0
         self._spawn(kv.run(self.engine))
         self._spawn(load.run())
+        frozen = heap.freeze()  # the engine's start-up objects: no full-GC pause mid-stream
+        log.info("heap_frozen", objects=frozen)
         self.state = events_pb2.REPLICA_STATE_READY
         self.phases.ready_ts = time.time()
         await heartbeat.beat()
