@@ -6,8 +6,11 @@ import hashlib
 import random
 from itertools import pairwise
 
+import pytest
+
 from basalt.ids import ReplicaId
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatchData
+from services.router.core import index_tables
 from services.router.core.hashing import block_hashes
 from services.router.core.index import PrefixIndex
 from services.router.core.types import OwnBlockHash
@@ -50,6 +53,11 @@ def batch(replica: str, seq: int, *events: object, epoch: str = "e1") -> KvEvent
 
 def own(tokens: list[int], lora: str | None = None) -> list[OwnBlockHash]:
     return block_hashes(tokens, BS, lora)
+
+
+def flagged_open(index: PrefixIndex) -> set[str]:
+    """The replicas `match` walks rather than bisects (may hold a block without its parent)."""
+    return {r for r in index.replicas() if index._open >> index._replicas[r].slot & 1}
 
 
 def test_stored_blocks_are_matched_as_a_leading_prefix() -> None:
@@ -272,6 +280,7 @@ def test_random_event_streams_match_a_plain_model() -> None:
     held: dict[str, dict[int, OwnBlockHash]] = {r: {} for r in engines}  # engine -> own
     index, seqno = PrefixIndex(), dict.fromkeys(engines, 0)
     open_counts: set[int] = set()
+    flagged_counts: set[int] = set()
     for _ in range(600):
         r = rng.choice(list(engines))
         engine, tokens = engines[r], rng.choice(seqs)
@@ -308,9 +317,12 @@ def test_random_event_streams_match_a_plain_model() -> None:
                     open_replicas.add(rid)
             assert index.match(owns) == expected
         assert index.stats().open_replicas == len(open_replicas)
+        assert open_replicas <= flagged_open(index), "an open replica would be bisected"
         open_counts.add(len(open_replicas))
+        flagged_counts.add(len(flagged_open(index)))
     assert index.stats().blocks == sum(len(b) for b in held.values())
     assert min(open_counts) <= 2 and max(open_counts) >= 6  # both match paths were used
+    assert min(flagged_counts) <= 2 and max(flagged_counts) >= 6
 
 
 def test_a_replica_past_the_cap_loses_its_oldest_blocks_never_grows_past_it() -> None:
@@ -380,6 +392,7 @@ def test_long_chains_over_many_replicas_match_a_plain_model() -> None:
                 assert index.match(index.hasher(tokens + [1, 2], bs)) == expected
             stats = index.stats()
             assert stats.open_replicas == len(open_replicas)
+            assert open_replicas <= flagged_open(index)
             assert stats.blocks == sum(len(b) for b in held.values())
             assert stats.distinct_hashes == len({h for b in held.values() for h in b.values()})
 
@@ -407,3 +420,75 @@ def test_engine_hashes_past_64_bits_are_folded() -> None:
     assert index.match(own(long)) == {R1: 40}
     index.apply(batch("r1", 2, BlockRemoved(wide[30:])))
     assert index.match(own(long)) == {R1: 30}
+
+
+def test_only_replicas_with_holes_are_walked_and_a_closed_one_again_is_bisected() -> None:
+    index = PrefixIndex()
+    long = list(range(7000, 7000 + 40 * BS))
+    eh = A.hashes(long)
+    index.apply(batch("r1", 0, A.stored(long, 0, 20), A.stored(long, 20, 40)))
+    index.apply(batch("r2", 0, A.stored(long, 0, 30)))
+    assert flagged_open(index) == set()
+    index.apply(batch("r1", 1, BlockRemoved(eh[35:][::-1])))  # tail-first: still closed
+    assert flagged_open(index) == set()
+    assert index.match(own(long)) == {R1: 35, R2: 30}
+    index.apply(batch("r1", 2, BlockRemoved([eh[10]])))  # a hole: 11..34 lose their parent
+    assert flagged_open(index) == {"r1"}
+    assert index.match(own(long)) == {R1: 10, R2: 30}
+    index.apply(batch("r1", 3, BlockRemoved(eh[11:35])))  # the orphans go: closed again
+    assert flagged_open(index) == set()
+    assert index.match(own(long)) == {R1: 10, R2: 30}
+    index.apply(batch("r2", 1, BlockRemoved(eh[:5])))  # head-first eviction: open meanwhile
+    assert flagged_open(index) == {"r2"}
+    assert index.match(own(long)) == {R1: 10}
+    index.apply(batch("r2", 2, BlockRemoved(eh[5:30])))
+    assert flagged_open(index) == set()
+    index.apply(batch("r2", 3, AllBlocksCleared()))
+    assert index.match(own(long)) == {R1: 10}
+
+
+def test_a_refilled_hole_stays_exact_and_a_clear_closes_the_replica() -> None:
+    index = PrefixIndex()
+    long = list(range(8000, 8000 + 24 * BS))
+    eh = A.hashes(long)
+    index.apply(batch("r1", 0, A.stored(long, 0, 24)))
+    index.apply(batch("r1", 1, BlockRemoved([eh[8]])))
+    assert index.match(own(long)) == {R1: 8}
+    index.apply(batch("r1", 2, A.stored(long, 8, 9)))  # refilled: exact either way
+    assert index.match(own(long)) == {R1: 24}
+    for seq in range(3, 40):  # churn past compaction of the engine map
+        index.apply(batch("r1", seq, BlockRemoved(eh[20:]), A.stored(long, 20, 24)))
+    assert index.match(own(long)) == {R1: 24}
+    index.apply(batch("r1", 40, AllBlocksCleared(), A.stored(long, 0, 12)))
+    assert flagged_open(index) == set()
+    assert index.match(own(long)) == {R1: 12}
+
+
+def test_an_engine_hash_stored_again_for_other_tokens_is_walked() -> None:
+    index = PrefixIndex()
+    p, q = list(range(100, 100 + 6 * BS)), list(range(900, 900 + 6 * BS))
+    eh = A.hashes(p)
+    index.apply(batch("r1", 0, A.stored(p, 0, 6)))
+    # The same engine hashes for other tokens (an engine that reuses block ids).
+    index.apply(batch("r1", 1, BlockStored(eh[3:4], eh[2], q[3 * BS : 4 * BS], BS)))
+    assert flagged_open(index) == {"r1"}
+    assert index.match(own(p)) == {R1: 3}
+
+
+def test_a_block_with_more_children_than_counted_makes_its_replica_walked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(index_tables, "_MAX_KIDS", 2)
+    index = PrefixIndex()
+    root = list(range(300, 300 + 2 * BS))
+    turns = [root + list(range(1000 * k, 1000 * k + 2 * BS)) for k in range(1, 5)]
+    index.apply(batch("r1", 0, A.stored(root, 0, 2)))
+    for seq, t in enumerate(turns[:2], 1):
+        index.apply(batch("r1", seq, A.stored(t, 2, 4)))
+    assert flagged_open(index) == set()
+    index.apply(batch("r1", 3, A.stored(turns[2], 2, 4)))  # a third child: past the count
+    assert flagged_open(index) == {"r1"}
+    index.apply(batch("r1", 4, BlockRemoved(A.hashes(root)[1:2])))
+    assert index.match(own(turns[0])) == {R1: 1}
+    index.apply(batch("r1", 5, AllBlocksCleared()))
+    assert flagged_open(index) == set()

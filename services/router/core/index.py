@@ -5,19 +5,27 @@ so replicas whose engines hash differently meet on the same keys. Per replica,
 `engine hash -> own hash` (`EngineMap`) resolves parents and removals (`dups` counts the rare
 own hash held under several engine hashes).
 
-Representation (index_records.py): one `OwnTable`, own hash -> bitmask of replica slots
+Representation (index_tables.py): one `OwnTable`, own hash -> bitmask of replica slots
 (replica ids interned to small ints; slots reused) and the slot of its parent block, in flat
-arrays: about 50 bytes per indexed (replica, block) where CPython dicts took 230.
+arrays: about 60 bytes per indexed (replica, block) where CPython dicts took 230.
 
-Match: the prompt's hashes are looked up in one vectorised pass (numpy over the table's
-buckets), and a cumulative AND of their masks gives every replica's depth at once: exact
-whether or not a replica's cached set is prefix-closed (one that lost a block mid-chain stops
-there). A miss on the first block answers at once; a prompt that runs past what any replica
-holds (a new turn) is cut, by a short bisection, at a block no replica holds. The lookups are
-memory-bound (one cache miss per block for the bucket, one for the mask).
+Match: a replica whose cached set is prefix-closed (every held block's parent held too; vLLM
+and SGLang evict tail-first, so this is the normal state) holds block i of a chain only if it
+holds blocks 0..i-1, so its depth is found by bisection: ~log2(n) table lookups per distinct
+depth (~20 for a 1,024-block prompt), the last block first. Which replicas are closed is kept
+per event by each replica's `EngineMap` (index_tables.py): per entry its parent entry and
+how many live entries name it as parent, so removing a block with held children counts them
+as orphans, and removing an orphan uncounts it. The count errs only high (a parent stored
+again does not adopt the orphans of its old entry; an engine hash remapped to other tokens
+or a block with more than 65,535 held children mark the replica dirty until it is cleared),
+so a replica is bisected only when it surely has no holes. When any replica holding the
+first block may have holes (`_open`), the prompt's hashes are looked up in one vectorised
+pass (numpy over the table's buckets) and a cumulative AND of their masks gives every
+replica's depth at once, exact whatever the holes; a prompt that runs past what any replica
+holds (a new turn) is cut first, by a short bisection, at a block no replica holds. A miss on
+the first block answers at once.
 
-Open replicas (holding a block whose parent they lack; vLLM and SGLang evict tail-first, so
-this is rare) are counted by `stats` from the parent slots, not kept per event.
+`stats` counts the open replicas exactly, from the table's parent slots (O(distinct blocks)).
 
 Sequencing per replica (epoch, seq), with `floor` = the seq of the last dump applied:
   new replica or new epoch  -> drop its entries; apply; need_dump unless seq == 0
@@ -35,6 +43,7 @@ grows the index without limit.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -42,14 +51,8 @@ import numpy as np
 from basalt.ids import ReplicaId
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatchData
 from services.router.core.hashing import BlockHasher, HasherFactory, OwnHashes, default_hasher
-from services.router.core.index_records import (
-    NO_PARENT,
-    ApplyTally,
-    IndexCounters,
-    IndexedReplica,
-    OwnTable,
-    own_key,
-)
+from services.router.core.index_records import ApplyTally, IndexCounters, IndexedReplica
+from services.router.core.index_tables import BUCKET, EMPTY, NO_PARENT, ROOT, OwnTable, own_key
 from services.router.core.types import ApplyResult, IndexStats, OwnBlockHash
 
 __all__ = ["DEFAULT_MAX_BLOCKS_PER_REPLICA", "ApplyResult", "IndexStats", "PrefixIndex"]
@@ -68,7 +71,7 @@ class PrefixIndex:
     builds one; a deployment's candidates are filtered before matching, and block hashes
     differ by LoRA and block size). Not thread-safe; no I/O."""
 
-    __slots__ = ("_entries", "_free_slots", "_hasher", "_max_blocks", "_n", "_own",
+    __slots__ = ("_entries", "_free_slots", "_hasher", "_max_blocks", "_n", "_open", "_own",
                  "_replicas", "_slot_ids")
 
     def __init__(self, seed: int = 0, hash_fn: HasherFactory = default_hasher,
@@ -83,6 +86,8 @@ class PrefixIndex:
         self._free_slots: list[int] = []
         self._entries = 0
         self._n = IndexCounters()
+        # Slot bits of replicas that may hold a block without its parent (see `match`).
+        self._open = 0
 
     @property
     def hasher(self) -> BlockHasher:
@@ -127,6 +132,7 @@ class PrefixIndex:
                 self._remove(rep, event.block_hashes, tally)
             elif isinstance(event, AllBlocksCleared):
                 self._clear(rep)
+        self._mark(rep)
         return ApplyResult(
             rep.dump_pending, reset, False, tally.stored, tally.removed, tally.skipped
         )
@@ -146,6 +152,7 @@ class PrefixIndex:
         tally = ApplyTally()
         for event in blocks:
             self._store(rep, event, tally)
+        self._mark(rep)
         return ApplyResult(False, True, False, tally.stored, 0, tally.skipped)
 
     def remove_replica(self, replica_id: ReplicaId) -> bool:
@@ -154,6 +161,7 @@ class PrefixIndex:
         if rep is None:
             return False
         self._clear(rep)
+        self._open &= ~(1 << rep.slot)
         self._slot_ids[rep.slot] = None
         self._free_slots.append(rep.slot)
         return True
@@ -167,17 +175,78 @@ class PrefixIndex:
         n = len(own_hashes)
         if n == 0:
             return {}
-        table, w = self._own, self._own.words
-        first = table.find(own_key(int(own_hashes[0])))
-        if first < 0 or table.is_empty(first):
+        first = self._own.find(own_key(int(own_hashes[0])))
+        held = self._mask_at(first) if first >= 0 else 0
+        if not held:
             return {}
         if n == 1:
-            masks = np.frombuffer(table.masks, dtype=np.uint64)[first * w : first * w + w]
-            return self._depths(masks.reshape(1, w))
+            return self._emit(held, 1, {})
+        if not held & self._open:
+            return self._bisect(own_hashes, held)
         hashes = np.maximum(np.asarray(own_hashes, dtype=np.uint64), _TWO)
         if n > 2 * _GAP_SPAN:
             hashes = hashes[: self._gap(hashes)]
         return self._depths(self._masks_of(hashes))
+
+    def _mask_at(self, slot: int) -> int:
+        """The replica bits of table slot `slot`, as one int."""
+        table = self._own
+        w = table.words
+        if w == 1:
+            return table.masks[slot]
+        return int.from_bytes(table.masks[slot * w : slot * w + w].tobytes(), sys.byteorder)
+
+    def _bisect(
+        self, hashes: Sequence[OwnBlockHash] | OwnHashes, bits: int
+    ) -> dict[ReplicaId, int]:
+        """Depths of the prefix-closed replicas `bits` (all holding block 0): holders of
+        block i nest as i grows, so split [lo, hi) only while the holder sets at its ends
+        differ (~log2 n lookups per distinct depth; the last block first, as a whole cached
+        prompt is the common hit). The table lookup is `OwnTable.find`, inlined."""
+        table = self._own
+        out: dict[ReplicaId, int] = {}
+        keys, masks, nb, w = table.keys, table.masks, table.buckets, table.words
+
+        def holders(i: int) -> int:
+            key = own_key(int(hashes[i]))
+            b = ((key >> 32) * nb) >> 32
+            while True:
+                base = b * BUCKET
+                row = keys[base : base + BUCKET]
+                if key in row:
+                    slot = base + row.index(key)
+                    return masks[slot] if w == 1 else self._mask_at(slot)
+                if EMPTY in row:
+                    return 0
+                b = b + 1 if b + 1 < nb else 0
+
+        last = len(hashes) - 1
+        at_last = holders(last) & bits
+        if at_last:
+            self._emit(at_last, last + 1, out)
+        stack = [(0, last, bits, at_last)]  # (lo, hi, holders of block lo, of block hi)
+        while stack:
+            lo, hi, at_lo, at_hi = stack.pop()
+            if at_lo == at_hi:
+                continue
+            if hi - lo == 1:
+                self._emit(at_lo ^ at_hi, hi, out)
+                continue
+            mid = (lo + hi) >> 1
+            at_mid = holders(mid) & at_lo
+            stack.append((mid, hi, at_mid, at_hi & at_mid))
+            stack.append((lo, mid, at_lo, at_mid))
+        return out
+
+    def _emit(self, bits: int, depth: int, out: dict[ReplicaId, int]) -> dict[ReplicaId, int]:
+        ids = self._slot_ids
+        while bits:
+            low = bits & -bits
+            rid = ids[low.bit_length() - 1]
+            if rid is not None:
+                out[rid] = depth
+            bits ^= low
+        return out
 
     def _gap(self, hashes: OwnHashes) -> int:
         """An index no replica holds the block at (len(hashes) if it holds the last): a
@@ -294,6 +363,13 @@ class PrefixIndex:
         self._replicas[rid] = rep
         return rep
 
+    def _mark(self, rep: IndexedReplica) -> None:
+        """Keep `rep`'s bit in `_open` up to date after its events."""
+        if rep.engine_to_own.closed:
+            self._open &= ~(1 << rep.slot)
+        else:
+            self._open |= 1 << rep.slot
+
     def _reset(self, rep: IndexedReplica, epoch: str) -> None:
         self._clear(rep)
         rep.epoch = epoch
@@ -302,11 +378,13 @@ class PrefixIndex:
     def _store(self, rep: IndexedReplica, event: BlockStored, tally: ApplyTally) -> None:
         engine_hashes = event.block_hashes
         parent: OwnBlockHash | None = None
-        if event.parent_block_hash is not None:
-            parent = rep.engine_to_own.get(event.parent_block_hash)
-            if parent is None:
+        parent_eh, up = event.parent_block_hash, ROOT
+        if parent_eh is not None:
+            up = rep.engine_to_own.find(parent_eh)
+            if up < 0:
                 self._skip(len(engine_hashes), tally)
                 return
+            parent = OwnBlockHash(rep.engine_to_own.own[up])
         bs = event.block_size
         n = min(len(engine_hashes), len(event.token_ids) // bs) if bs > 0 else 0
         if n < len(engine_hashes):  # malformed: fewer tokens than blocks; index what we can
@@ -318,11 +396,13 @@ class PrefixIndex:
         engine_hashes = engine_hashes if n == len(engine_hashes) else engine_hashes[:n]
         if n >= _BULK_BLOCKS:
             keys = np.maximum(self._hasher(tokens, bs, event.lora_name, parent), _TWO)
-            if not self._insert_bulk(rep, engine_hashes, keys, parent):
-                self._insert(rep, engine_hashes, keys.tolist(), parent)
+            if not self._insert_bulk(rep, engine_hashes, keys, parent, up):
+                if parent_eh is not None:  # entry numbers may have moved (a compaction)
+                    up = rep.engine_to_own.find(parent_eh)
+                self._insert(rep, engine_hashes, keys.tolist(), parent, up)
         else:
             owns = self._hasher.ints(tokens, bs, event.lora_name, parent)
-            self._insert(rep, engine_hashes, owns, parent)
+            self._insert(rep, engine_hashes, owns, parent, up)
         tally.stored += n
 
     def _skip(self, blocks: int, tally: ApplyTally) -> None:
@@ -332,7 +412,7 @@ class PrefixIndex:
 
     def _insert_bulk(
         self, rep: IndexedReplica, engine_hashes: Sequence[int], keys: OwnHashes,
-        parent: OwnBlockHash | None,
+        parent: OwnBlockHash | None, up: int,
     ) -> bool:
         """`_insert` for a chain of new blocks, vectorised; False (and nothing changed) where
         the chain is not that plain case (an engine hash or own block already held by this
@@ -349,7 +429,7 @@ class PrefixIndex:
             return False
         del masks
         try:
-            if not e2o.add_many(engine_hashes, keys):
+            if not e2o.add_many(engine_hashes, keys, up):
                 return False
         except OverflowError:  # an engine hash past 64 bits: `_insert` folds it
             return False
@@ -381,8 +461,10 @@ class PrefixIndex:
         engine_hashes: Sequence[int],
         owns: Sequence[OwnBlockHash],
         parent: OwnBlockHash | None,
+        up: int,
     ) -> None:
-        """`rep` holds `owns` (a chain after `parent`, which it holds) under `engine_hashes`."""
+        """`rep` holds `owns` (a chain after `parent`, which it holds as entry `up` of its
+        engine map; ROOT for none) under `engine_hashes`."""
         table, e2o = self._own, rep.engine_to_own
         table.ensure_room(len(owns))
         w, word, bit = table.words, rep.word, rep.bit
@@ -395,6 +477,7 @@ class PrefixIndex:
             key = own_key(oh)
             e = e2o.find(eh)
             if e >= 0:
+                up = e
                 old = e2o.own[e]
                 if old == key:  # stored again: nothing changes
                     parent_slot = table.find(key)
@@ -402,7 +485,7 @@ class PrefixIndex:
                 self._drop_own(rep, OwnBlockHash(old))
                 e2o.set(e, key)
             else:
-                e2o.add(eh, key)
+                up = e2o.add(eh, key, up)
                 added += 1
             slot = table.find(key)
             if slot < 0:
