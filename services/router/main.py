@@ -119,6 +119,7 @@ async def run(s: RouterSettings) -> int:
             return 1
         await asyncio.sleep(0.05)
     http_port = server.servers[0].sockets[0].getsockname()[1]
+    tokenizers.start_helper(table.deployments())  # in the background, now that we serve
     heap.freeze()  # transformers and the tokenizers: no full-GC pause mid-stream
     log.info("router_ready", http=f"{s.http_host}:{http_port}", kserve_grpc=kserve_port,
              metrics=metrics_port, auth=s.auth)

@@ -7,20 +7,24 @@ Where a prompt is tokenized:
 - longer ones (under `process_chars`) in a worker thread. A fast tokenizer holds
   the GIL while it builds the Python list of ids (tens of ms for a megabyte of text), so a
   thread alone would stall every stream and /health for that long;
-- long ones in a helper process (one per router process, started when the first deployment
-  with tokenizer files is seen), which sends back the ids packed as uint32 bytes: this
-  process only copies bytes, and its event loop keeps answering.
+- long ones in a helper process (one per router process, started once the router serves;
+  until it has loaded a model's tokenizer, that model's long prompts go to a thread), which
+  sends back the ids packed as uint32 bytes: this process only copies bytes, and its event
+  loop keeps answering. The helper dies with the router.
 Both give the ids as `array('I')`, the packed form the router hashes and sends to replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
+import signal
 from array import array
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2
@@ -80,6 +84,15 @@ def _child_tokenize(path: str, text: str | None, messages: Messages | None) -> b
     return _ids(tok, text, messages).tobytes()
 
 
+def _child_init() -> None:
+    """In the helper process: die with the router (Linux prctl PR_SET_PDEATHSIG), so a
+    router killed with SIGKILL leaves no helper behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the helper exits when its pipe closes
+        pass
+
+
 def _child_load(path: str) -> None:
     _child_tokenize(path, "warm up", None)
 
@@ -93,6 +106,8 @@ class Tokenizers:
         self._tasks: set[asyncio.Task[None]] = set()
         self.process_chars = process_chars  # 0: never use the helper process
         self._pool: ProcessPoolExecutor | None = None
+        self._helper_on = False  # set by start_helper, once the router serves
+        self._in_helper: set[str] = set()  # tokenizer paths the helper has loaded
 
     def for_deployment(self, dep: deploy_pb2.DeploymentRecord) -> Tokenizer:
         """The model's own tokenizer; a byte tokenizer for models with no tokenizer files
@@ -127,13 +142,16 @@ class Tokenizers:
                         messages: Messages | None, chars: int) -> array[int]:
         tok = await self.get(dep)
         path = tokenizer_dir(dep)
-        if self.process_chars and chars >= self.process_chars and tok is not self._bytes:
+        if (self.process_chars and chars >= self.process_chars and tok is not self._bytes
+                and path in self._in_helper):
             try:
                 raw = await asyncio.get_running_loop().run_in_executor(
                     self._helper(), _child_tokenize, path, text, messages)
             except BrokenProcessPool:  # the helper died (killed, out of memory): a new one
-                log.warning("tokenizer_process_died")  # next time; this prompt in a thread
+                log.warning("tokenizer_process_died")  # loads again; this prompt in a thread
                 self._pool = None
+                self._in_helper.clear()
+                self._background(self._load_in_helper(path))
             else:
                 out = array("I")
                 out.frombytes(raw)
@@ -146,7 +164,8 @@ class Tokenizers:
         if self._pool is None:
             # spawn: a fresh interpreter (forking a process with threads and an event loop
             # is unsafe).
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_child_init)
         return self._pool
 
     def warm(self, dep: deploy_pb2.DeploymentRecord) -> None:
@@ -155,20 +174,45 @@ class Tokenizers:
         transformers' import included)."""
         if tokenizer_dir(dep) in self._by_path:
             return
-        task = asyncio.get_running_loop().create_task(self.load(dep))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background(self.load(dep))
 
     async def load(self, dep: deploy_pb2.DeploymentRecord) -> None:
-        """Load (and warm) a deployment's tokenizer here and in the helper process."""
-        path = tokenizer_dir(dep)
+        """Load (and warm) a deployment's tokenizer here; in the helper process too once the
+        helper is started (`start_helper`), in the background."""
         try:
             await self.get(dep)
-            if self.process_chars and _has_files(path):
-                await asyncio.get_running_loop().run_in_executor(self._helper(), _child_load,
-                                                                 path)
         except Exception as e:  # noqa: BLE001 - a bad path is answered per request later
             log.warning("tokenizer_load_failed", deployment=dep.id, error=str(e))
+            return
+        path = tokenizer_dir(dep)
+        if self._helper_on and self.process_chars and _has_files(path):
+            self._background(self._load_in_helper(path))
+
+    def start_helper(self, deps: list[deploy_pb2.DeploymentRecord]) -> None:
+        """Start the helper process and load `deps`' tokenizers in it, in the background.
+        Called once the router is serving, so the helper's start (seconds of imports) never
+        delays the router's own; until a tokenizer is loaded there, its long prompts are
+        tokenized in a thread."""
+        self._helper_on = True
+        for path in {tokenizer_dir(d) for d in deps}:
+            if self.process_chars and _has_files(path):
+                self._background(self._load_in_helper(path))
+
+    async def _load_in_helper(self, path: str) -> None:
+        if path in self._in_helper:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._helper(), _child_load, path)
+        except Exception as e:  # noqa: BLE001 - long prompts stay in threads
+            log.warning("tokenizer_helper_load_failed", path=path, error=str(e))
+            return
+        self._in_helper.add(path)
+        log.info("tokenizer_helper_loaded", path=path)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def close(self) -> None:
         """Stop the helper process (requests still in it are cancelled)."""

@@ -36,6 +36,10 @@ def test_health_answers_within_50ms_while_a_large_prompt_is_tokenized(
     try:
         ready = (tmp_path / "router.ready.json").read_text()
         metrics_url = f"http://127.0.0.1:{json.loads(ready)['metrics_port']}/metrics"
+        deadline = time.monotonic() + 60  # the helper process loads the tokenizer after start
+        while "tokenizer_helper_loaded" not in router.log_tail(100_000):
+            assert time.monotonic() < deadline, router.log_tail()
+            time.sleep(0.2)
         rng = random.Random(0)
         words = ["alpha", "beta", "gamma", "delta", "kappa", "zeta", "omega", "sigma"]
         prompt = " ".join(rng.choice(words) + str(rng.randrange(1000)) for _ in range(110_000))
