@@ -112,9 +112,12 @@ class Channels:
     """One gRPC channel per replica (address and id), reused across requests. With the
     platform secret, each carries that replica's credential."""
 
-    def __init__(self, secret: bytes = b"") -> None:
+    def __init__(self, secret: bytes = b"", warm_on_sight: bool = False) -> None:
         self.secret = secret
+        # The router's own: connect a replica's channel when the replica appears (`warm`).
+        self.warm_on_sight = warm_on_sight
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._closed = False
 
     def stub(self, address: str, replica_id: str = "") -> runtime_pb2_grpc.RuntimeStub:
         key = (address, replica_id if self.secret else "")
@@ -129,6 +132,8 @@ class Channels:
 
     async def warm(self, address: str, replica_id: str = "", timeout_s: float = 30.0) -> None:
         """Connect the replica's channel now, so its first request finds it connected."""
+        if self._closed:  # a warm-up that outlived the router's channels: nothing to open
+            return
         self.stub(address, replica_id)
         ch = self._channels.get((address, replica_id if self.secret else ""))
         if ch is None:
@@ -147,6 +152,7 @@ class Channels:
                 await ch.close()
 
     async def close(self) -> None:
+        self._closed = True
         for address, _ in list(self._channels):
             await self.drop(address)
 

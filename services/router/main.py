@@ -87,7 +87,7 @@ async def run(s: RouterSettings) -> int:
     secret = read_secret(s.replica_secret_file).encode() if s.replica_secret_file else b""
     if not secret:
         log.warning("replicas_unauthenticated", hint="give --replica-secret-file")
-    channels = Channels(secret)
+    channels = Channels(secret, warm_on_sight=True)
     dispatcher = Dispatcher(
         fleet, index, channels, region=s.region,
         latency=RegionLatency(remote_ms=s.remote_region_ms), base_policy=_policy(s),

@@ -82,7 +82,7 @@ class StateWatcher:
         task.add_done_callback(self._pending.discard)
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        for t in (*self._tasks, *self._pending):  # one-off tasks too: dumps, channel warm-ups
             t.cancel()
 
     async def _watch(self, bucket: KeyValue, handle: Callable, ready: asyncio.Event) -> None:
@@ -114,8 +114,9 @@ class StateWatcher:
             log.info("replica_seen", replica=rec.replica_id, deployment=rec.deployment,
                      state=_state_name(rec.state))
             self._request_dump(ReplicaId(rec.replica_id))
-            # Connected before its first request (the channel is kept per replica).
-            self._background(self.channels.warm(rec.grpc_address, rec.replica_id))
+            if rec.state == events_pb2.REPLICA_STATE_READY and self.channels.warm_on_sight:
+                # connected before its first request
+                self._background(self.channels.warm(rec.grpc_address, rec.replica_id))
         self.changed()
 
     def _authentic(self, replica_id: str, msg: Signed, placed_right: bool, what: str) -> bool:
