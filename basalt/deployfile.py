@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
+from basalt.engine_settings import encode_args, normal_key
 from basalt.pb import deploy_pb2
 from basalt.weights import normal_uri, uri_problem
 
@@ -81,7 +82,9 @@ class Deployment(BaseModel):
     model: str = Field(min_length=1, max_length=128, pattern=r"^[^\s@]+$")
     engine: Literal["vllm", "trtllm", "sim", "python"] = "vllm"
     model_path: str = ""
-    engine_args: dict[str, str] = Field(default_factory=dict)
+    # Runtime settings and the engine's own arguments, YAML-natural (`max_model_len: 1024`,
+    # `speculative_config: {method: ngram}`), dashes or underscores: basalt/engine_settings.py.
+    engine_args: dict[str, JsonValue] = Field(default_factory=dict)
     accelerator: str = ""
     accelerator_count: int = Field(0, ge=0, le=64)
     allowed_regions: list[str] = Field(default_factory=list)
@@ -104,9 +107,20 @@ class Deployment(BaseModel):
     kind: Literal["development", "published"] = "published"
     active: bool = True
 
+    @field_validator("engine_args")
+    @classmethod
+    def _one_spelling(cls, v: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        seen: dict[str, str] = {}
+        for key in v:
+            if (name := normal_key(key)) in seen:
+                raise ValueError(f"{key!r} and {seen[name]!r} are one setting: give it once")
+            seen[name] = key
+        return v
+
     def spec(self) -> deploy_pb2.DeploymentSpec:
         return deploy_pb2.DeploymentSpec(
-            engine=self.engine, model_path=self.model_path, engine_args=self.engine_args,
+            engine=self.engine, model_path=self.model_path,
+            engine_args=encode_args(self.engine_args),
             accelerator=self.accelerator, accelerator_count=self.accelerator_count,
             allowed_regions=self.allowed_regions, preferred_regions=self.preferred_regions,
             routing_policy=self.routing_policy, queue_limit=self.queue_limit,

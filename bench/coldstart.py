@@ -38,6 +38,7 @@ import yaml
 from basalt import bus
 from basalt.pb import deploy_pb2, events_pb2
 from basalt.weights import revision_key
+from basalt_tools.vllm_cpu import CPU_SETTINGS
 from bench.chaos import Up
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,8 +76,9 @@ def _variant_dirs(root: Path, model: Path, extra_mb: int) -> dict[str, Path]:
 def deployment_file(path: Path, engine: str, dirs: dict[str, Path]) -> dict[str, str]:
     """A deployment per variant, each autoscaled from zero; returns variant -> deployment id."""
     deps, ids = [], {}
-    args = ({"max-model-len": "512", "max-num-seqs": "4"} if engine == "vllm"
-            else {"heartbeat-interval": "0.5", "sim-num-blocks": "256"})
+    args: dict[str, Any] = ({"max-model-len": 512, "max-num-seqs": 4, **CPU_SETTINGS}
+                            if engine == "vllm"
+                            else {"heartbeat-interval": 0.5, "sim-num-blocks": 256})
     for i, (variant, d) in enumerate(dirs.items()):
         dep_id = f"cold-{i}"
         ids[variant] = dep_id

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from basalt_tools.vllm_cpu import CPU_FLAGS, CPU_SETTINGS
 from bench.report import machine_line, update_section
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +69,8 @@ async def _in_process(model: Path, prompts: list[list[int]], max_tokens: int, co
     from services.runtime.core.engine import GenerateInput, SamplingParams
     from services.runtime.engines.vllm import VllmConfig, VllmEngine
 
-    engine = VllmEngine(VllmConfig(model=str(model), max_num_seqs=conc))
+    engine = VllmEngine(VllmConfig(model=str(model), max_num_seqs=conc,
+                                   engine_settings=dict(CPU_SETTINGS)))
     await engine.start()
     try:
         async def one(i: int, p: list[int]) -> int:
@@ -118,7 +120,7 @@ async def _through_grpc(model: Path, prompts: list[list[int]], max_tokens: int, 
     proc = _spawn_runtime(
         ["--engine", "vllm", "--model", str(model), "--grpc-port", str(port),
          "--nats-url", nats.url, "--ready-file", str(ready), "--max-num-seqs", str(conc),
-         "--replica-id", "bench"],
+         "--replica-id", "bench", *CPU_FLAGS],
         workdir / "runtime.log",
     )
     try:

@@ -94,27 +94,16 @@ def served(deployment_file: Path, model: Path | None = None) -> Served:
 
 
 def vllm_serve_args(s: Served, port: int | str, kv_endpoint: str) -> list[str]:
-    """`vllm serve` argv for the runtime's VllmConfig `s.engine` (the fields
-    services/runtime/engines/vllm.py passes to AsyncEngineArgs, flag for flag)."""
-    c = s.engine
+    """`vllm serve` argv for the runtime's VllmConfig `s.engine`: every engine argument the
+    runtime gives AsyncEngineArgs (`vllm_settings`), flag for flag, through vLLM's own parser
+    (imports vLLM), and the adapters loaded at start."""
+    from services.runtime.engines.vllm import VllmConfig, vllm_flags
+
     args = ["serve", s.model, "--host", "127.0.0.1", "--port", str(port),
-            "--served-model-name", s.name,
-            "--block-size", str(c["block_size"]), "--max-model-len", str(c["max_model_len"]),
-            "--gpu-memory-utilization", str(c["gpu_memory_utilization"]),
-            "--max-num-seqs", str(c["max_num_seqs"]), "--seed", str(c["seed"]),
-            "--dtype", c["dtype"], "--enable-prefix-caching", "--disable-log-stats"]
-    if c["kv_cache_bytes"] is not None:
-        args += ["--kv-cache-memory-bytes", str(c["kv_cache_bytes"])]
-    if c["enforce_eager"]:
-        args.append("--enforce-eager")
-    if c["enable_lora"]:
-        args += ["--enable-lora", "--max-loras", str(c["max_loras"]),
-                 "--max-lora-rank", str(c["max_lora_rank"])]
-        if s.loras:
-            args += ["--lora-modules", *(f"{n}={p}" for n, p in sorted(s.loras.items()))]
-    events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": kv_endpoint,
-              "topic": c["kv_events_topic"]}
-    return args + ["--kv-events-config", json.dumps(events, separators=(",", ":"))]
+            *vllm_flags(VllmConfig(**s.engine), kv_endpoint)]
+    if s.loras:
+        args += ["--lora-modules", *(f"{n}={p}" for n, p in sorted(s.loras.items()))]
+    return args
 
 
 def bench_args(*, base_url: str, model_name: str, tokenizer: str, rate: float,

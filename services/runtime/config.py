@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from basalt.config import ServiceSettings
+from basalt.engine_settings import parse_engine_settings
 
 
 class EngineKind(str, enum.Enum):
@@ -59,6 +61,17 @@ class RuntimeSettings(ServiceSettings):
     grpc_insecure: bool = Field(False, description="Allow listening off loopback without a credential.")
     lora_root: str = Field("", description="LoadLora accepts only adapter paths under this folder (empty: LoadLora is refused; adapters given at start are loaded).")
     ready_file: str = Field("", description="Write the replica record as JSON to this file once ready (for scripts).")
+    engine_settings_json: str = Field("", description='The engine\'s own settings as one JSON object, under the engine\'s names, passed to it as given (vllm: AsyncEngineArgs, checked by vLLM\'s own parser, e.g. \'{"max_lora_rank": 16, "enforce_eager": true}\'; trtllm: LLM(**settings)). The control plane sets it from a deployment\'s engine_args; keys basalt sets itself (served_model_name, kv_events_config, enable_prefix_caching, ...) are refused.')
+
+    @field_validator("engine_settings_json")
+    @classmethod
+    def _engine_settings_object(cls, v: str) -> str:
+        parse_engine_settings(v)  # fails at start, with the flag's name, on a bad object
+        return v
+
+    def engine_settings(self) -> dict[str, Any]:
+        """--engine-settings-json as a dict ({} when not given)."""
+        return parse_engine_settings(self.engine_settings_json)
 
     def lora_map(self) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -32,7 +32,13 @@ def model_name(settings: RuntimeSettings) -> str:
 
 
 def make_engine(settings: RuntimeSettings, tokenizer: Any) -> Engine:
+    """The engine `settings` names; --engine-settings-json goes to vllm and trtllm as their
+    own arguments, and is refused by the sim and python engines, which have none."""
     name = model_name(settings)
+    own = settings.engine_settings()
+    if own and settings.engine in (EngineKind.SIM, EngineKind.PYTHON):
+        raise ValueError(f"--engine-settings-json: the {settings.engine.value} engine takes no "
+                         f"engine settings, got {sorted(own)}")
     if settings.engine is EngineKind.SIM:
         from services.runtime.engines.sim.engine import SimConfig, SimEngine
 
@@ -57,6 +63,7 @@ def make_engine(settings: RuntimeSettings, tokenizer: Any) -> Engine:
             max_num_seqs=settings.max_num_seqs,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             kv_cache_bytes=settings.kv_cache_bytes,
+            engine_settings=own,
         )
         if settings.block_size:
             vllm_config.block_size = settings.block_size
@@ -76,6 +83,7 @@ def make_engine(settings: RuntimeSettings, tokenizer: Any) -> Engine:
         gpu_memory_fraction=(settings.gpu_memory_utilization
                              if "gpu_memory_utilization" in settings.model_fields_set else None),
         max_loras=max(len(settings.lora_modules), 2),
+        extra_llm_kwargs=own,
     )
     if settings.block_size:
         trt.block_size = settings.block_size

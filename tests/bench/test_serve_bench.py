@@ -17,22 +17,29 @@ from bench.serve_table import aims, kv_cache_tokens, markdown, parse_rates, pars
 
 ENGINE = {"model": "/m/tiny", "served_model_name": "tiny-llama", "block_size": 32,
           "max_model_len": 1024, "gpu_memory_utilization": 0.2, "kv_cache_bytes": None,
-          "max_num_seqs": 16, "enable_lora": True, "max_loras": 2, "max_lora_rank": 8,
-          "enforce_eager": True, "seed": 0, "dtype": "auto", "kv_events_topic": "kv"}
+          "max_num_seqs": 16, "kv_events_topic": "kv",
+          "engine_settings": {"max_lora_rank": 8, "enforce_eager": True, "seed": 0}}
 SERVED = Served("tiny-llama", "/m/tiny", ENGINE, {"tiny-lora": "/m/tiny/lora/tiny-lora"})
 
 
 def _flag(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
+    """A flag's value, written `--flag value` or `--flag=value`."""
+    for i, word in enumerate(args):
+        if word == name:
+            return args[i + 1]
+        if word.startswith(name + "="):
+            return word.split("=", 1)[1]
+    raise ValueError(f"{name} is not in {args}")
 
 
+@pytest.mark.vllm
 def test_vllm_serve_gets_every_engine_setting_of_the_runtime() -> None:
     args = vllm_serve_args(SERVED, 8123, "ipc:///tmp/kv.sock")
     assert args[:2] == ["serve", "/m/tiny"]
     for flag, value in (("--port", "8123"), ("--served-model-name", "tiny-llama"),
                         ("--block-size", "32"), ("--max-model-len", "1024"),
                         ("--gpu-memory-utilization", "0.2"), ("--max-num-seqs", "16"),
-                        ("--seed", "0"), ("--dtype", "auto"), ("--max-loras", "2"),
+                        ("--seed", "0"), ("--max-loras", "2"),
                         ("--max-lora-rank", "8"),
                         ("--lora-modules", "tiny-lora=/m/tiny/lora/tiny-lora")):
         assert _flag(args, flag) == value, flag
@@ -45,8 +52,10 @@ def test_vllm_serve_gets_every_engine_setting_of_the_runtime() -> None:
                       "endpoint": "ipc:///tmp/kv.sock", "topic": "kv"}
 
 
+@pytest.mark.vllm
 def test_settings_off_in_the_runtime_are_off_in_vllm_serve() -> None:
-    engine = {**ENGINE, "enable_lora": False, "enforce_eager": False, "kv_cache_bytes": 1 << 30}
+    engine = {**ENGINE, "kv_cache_bytes": 1 << 30,
+              "engine_settings": {"enable_lora": False, "enforce_eager": False}}
     args = vllm_serve_args(Served("m", "/m", engine, {}), 1, "ipc:///x")
     assert "--enable-lora" not in args and "--lora-modules" not in args
     assert "--enforce-eager" not in args
@@ -130,6 +139,7 @@ def test_table_puts_the_sides_and_their_ratio_per_load() -> None:
     assert "ITL p99 3.00× (≤ 2×: MISSED)" in found[1] and "failed 1 (MISSED)" in found[1]
 
 
+@pytest.mark.vllm
 def test_markdown_names_both_sides_settings_and_marks_a_smoke_run() -> None:
     rows = [parse_result("vllm", 4.0, _result(4.0, 20.0, 30.0)),
             parse_result("basalt", 4.0, _result(4.0, 21.0, 30.0))]
@@ -138,7 +148,7 @@ def test_markdown_names_both_sides_settings_and_marks_a_smoke_run() -> None:
                     loras=SERVED.loras, num_prompts=20, input_len=128, output_len=64)
     assert "**Smoke run**" in text
     assert "block_size=32" in text and "max_num_seqs=16" in text
-    assert "--max-num-seqs 16" in text and "'--kv-events-config'" not in text
+    assert "--max-num-seqs=16" in text and "--kv-events-config=" in text
     full = markdown(rows, cmd="c", machine="m", vllm="v", serve_args=[], engine=ENGINE,
                     loras={}, num_prompts=100, input_len=128, output_len=64,
                     kv_tokens={"vllm": 1077632, "basalt": None})

@@ -17,6 +17,7 @@ from basalt.pb import events_pb2, runtime_pb2, runtime_pb2_grpc
 from basalt_tools.natsserver import NatsServer
 from tests.router_process import RouterProcess, write_deployments
 from tests.runtime_process import RuntimeProcess
+from tests.vllm_cpu import CPU_FLAGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 KV_BYTES = 8 * 2**20  # a small cache (a few hundred 32-token blocks) so eviction happens
@@ -33,7 +34,7 @@ def stack(nats_server: NatsServer, tiny_model: Path, tmp_path_factory: pytest.Te
         RuntimeProcess(nats_server.url, tmp, engine="vllm", replica_id=rid,
                        extra=["--deployment", "tiny-v1", "--model", str(tiny_model),
                               "--model-name", "tiny", "--kv-cache-bytes", str(KV_BYTES),
-                              "--max-model-len", "2048", "--load-report-interval", "0.5",
+                              "--max-model-len", "2048", "--load-report-interval", "0.5", *CPU_FLAGS,
                               *extra]).launch()
         for rid, extra in (("vllm-a", ["--lora-modules", f"tiny-lora={lora}"]), ("vllm-b", []))
     ]

@@ -20,6 +20,7 @@ from basalt.pb import events_pb2, runtime_pb2, runtime_pb2_grpc
 from services.runtime.engines.vllm import VllmConfig, VllmEngine
 from services.runtime.publisher import KvEventPublisher, LoadReporter
 from services.runtime.server import RuntimeServicer
+from tests.vllm_cpu import CPU_SETTINGS
 
 pytestmark = [pytest.mark.vllm, pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -40,7 +41,8 @@ async def served(tiny_model: Path, nats_server) -> AsyncIterator[Served]:  # typ
 
     nc = await nats.connect(nats_server.url)
     engine = VllmEngine(VllmConfig(model=str(tiny_model), served_model_name="tiny",
-                                   max_num_seqs=4, kv_cache_bytes=8 * 2**20))
+                                   max_num_seqs=4, kv_cache_bytes=8 * 2**20,
+                                   engine_settings=dict(CPU_SETTINGS)))
     await engine.start()
     servicer = RuntimeServicer(engine, "tiny", REPLICA, KvEventPublisher(nc, REPLICA, "e1"),
                                LoadReporter(nc, REPLICA, "d1", engine, 60.0, "tiny"),

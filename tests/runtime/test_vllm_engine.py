@@ -27,6 +27,7 @@ from services.runtime.core.engine import (
 )
 from services.runtime.core.errors import InvalidRequest, PromptTooLong, UnknownLora
 from services.runtime.engines.vllm import VllmConfig, VllmEngine
+from tests.vllm_cpu import CPU_SETTINGS
 
 pytestmark = [pytest.mark.vllm, pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -73,7 +74,7 @@ async def live(tiny_model: Path) -> AsyncIterator[Live]:
             max_model_len=1024,
             kv_cache_bytes=KV_BYTES,
             max_num_seqs=4,
-            max_loras=1,
+            engine_settings={**CPU_SETTINGS, "max_loras": 1},
         )
     )
     info = await engine.start()

@@ -8,27 +8,28 @@ with the scope to block when it cannot: ZONE for capacity, REGION or CLOUD for o
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from basalt.engine_settings import (
+    ENGINE_SETTINGS_FLAG,
+    PROVIDER_KEYS,
+    decode_args,
+    engine_settings_text,
+    key_problem,
+    runtime_flag,
+    split,
+)
 from basalt.ids import ReplicaId
 from services.mcm.core.errors import InvalidLaunchRequest
 from services.mcm.core.inventory import Cluster, DeploymentId
 
-# Flags the provider sets itself; an engine arg may not override them.
-# Flags that decide where the replica listens, how it proves itself and what it may read
-# are reserved too: a deployment may not open the runtime's port to the world or turn its
-# credentials off.
-RESERVED_FLAGS = frozenset({
-    "engine", "model", "model-name", "deployment", "replica-id", "owner", "region", "zone",
-    "cluster", "nats-url", "ready-file", "lora-modules",
-    "grpc-host", "grpc-port", "advertise-host", "metrics-host", "metrics-port", "token",
-    "nats-creds", "nats-tls-ca", "nats-tls-cert", "nats-tls-key", "nats-insecure", "lora-root",
-    "log-level", "weights-dir",
-})
-_FLAG = re.compile(r"^[a-z][a-z0-9_-]*$")
+# Flags the provider sets itself; an engine arg may not override them. Flags that decide
+# where the replica listens, how it proves itself and what it may read are reserved too: a
+# deployment may not open the runtime's port to the world or turn its credentials off. The
+# list, and the engine settings basalt owns, live in basalt/engine_settings.py.
+RESERVED_FLAGS = frozenset(k.replace("_", "-") for k in PROVIDER_KEYS)
 
 
 @dataclass(slots=True, frozen=True)
@@ -46,8 +47,9 @@ class LaunchRequest:
     cloud: str = ""
     region: str = ""
     zone: str = ""
-    # Runtime flags without the dashes, e.g. {"max_model_len": "1024"}.
-    engine_args: Mapping[str, str] = field(default_factory=dict)
+    # The deployment's engine args: as DeploymentSpec stores them ({"max_model_len": "1024"},
+    # text, decoded here) or as values ({"enforce_eager": True}); see runtime_args.
+    engine_args: Mapping[str, Any] = field(default_factory=dict)
     # LoRA adapters to load at start: name -> path.
     loras: Mapping[str, str] = field(default_factory=dict)
     accelerator: str = ""
@@ -55,6 +57,8 @@ class LaunchRequest:
     # The weights' folder in the node cache, for a python engine (whose model_path is its
     # model code); other engines get it as model_path.
     weights_dir: str = ""
+    # The deployment's spec revision this replica runs (core/rollout.py).
+    spec_revision: str = ""
     # Environment the replica starts with: its credential and NATS credentials file. Secret:
     # never in argv, never logged (repr hides it).
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -80,6 +84,8 @@ class LaunchHandle:
     log_path: str | None = None
     accelerator: str = ""
     accelerator_count: int = 0
+    # The deployment's spec revision it was started with ("": before revisions existed).
+    spec_revision: str = ""
 
 
 @runtime_checkable
@@ -113,7 +119,10 @@ class Provider(Protocol):
 
 
 def runtime_args(req: LaunchRequest) -> list[str]:
-    """Arguments after `python -m services.runtime` that start the replica `req` describes."""
+    """Arguments after `python -m services.runtime` that start the replica `req` describes.
+
+    Engine args that are runtime settings become their flags (`--max-model-len 1024`); all
+    the others, the engine's own settings, become one `--engine-settings-json` object."""
     args = [
         "--engine", req.engine, "--deployment", req.deployment_id,
         "--replica-id", req.replica_id, "--owner", req.owner, "--nats-url", req.nats_url,
@@ -131,14 +140,15 @@ def runtime_args(req: LaunchRequest) -> list[str]:
         problem = engine_arg_problem(key)
         if problem:
             raise InvalidLaunchRequest("engine_args", key, problem)
-        args += [f"--{key.replace('_', '-')}", str(req.engine_args[key])]
+    args_by_use = split(decode_args(req.engine_args))
+    for key in sorted(args_by_use.runtime):
+        args += runtime_flag(key, args_by_use.runtime[key])
+    if args_by_use.engine:  # the engine's own settings, passed through as one JSON object
+        args += [f"--{ENGINE_SETTINGS_FLAG}", engine_settings_text(args_by_use.engine)]
     return args
 
 
 def engine_arg_problem(key: str) -> str | None:
-    """Why `key` may not be an engine arg (None: it may)."""
-    if not _FLAG.match(key):
-        return "keys are lower-case flag names"
-    if key.replace("_", "-") in RESERVED_FLAGS:
-        return "set by the provider, not an arg"
-    return None
+    """Why `key` may not be an engine arg (None: it may): a malformed name, a flag the
+    provider sets, or an engine setting basalt owns (basalt/engine_settings.py)."""
+    return key_problem(key)

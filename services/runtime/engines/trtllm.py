@@ -8,6 +8,15 @@ there. Only its pure parts are tested (KV-event and stats conversion, sampling m
 starting it without TensorRT-LLM fails clearly. Run it on a GPU host with TensorRT-LLM before
 trusting it. `tensorrt_llm` is imported lazily, in `start()`, so this module imports anywhere.
 
+Settings (`llm_settings`, equally UNVERIFIED): the deployment's own TensorRT-LLM settings
+(`TrtllmConfig.extra_llm_kwargs`, from --engine-settings-json: any `LLM(...)` / `LlmArgs`
+argument under TensorRT-LLM's names, e.g. tensor_parallel_size, backend, speculative_config,
+kv_cache_config: {host_cache_size: ...}) pass through; basalt owns the model, max_seq_len and
+max_batch_size (the runtime's max_model_len and max_num_seqs) and, inside kv_cache_config,
+enable_block_reuse (prefix caching) and event_buffer_max_size (its KV events). Dict-valued
+settings become TensorRT-LLM's config classes through its own
+`update_llm_args_with_extra_dict`, as `trtllm-serve --extra_llm_api_options` does.
+
 KV events: TensorRT-LLM reports `created`, `stored`, `removed` and `updated` events (see
 `KVCacheEventSerializer` in tensorrt_llm/_utils.py). `stored` -> BlockStored (full blocks only;
 partial blocks are held back, and their later removal is dropped, as Dynamo's publisher does),
@@ -57,9 +66,32 @@ class TrtllmConfig:
     gpu_memory_fraction: float | None = None  # KvCacheConfig.free_gpu_memory_fraction
     event_buffer_max_size: int = 16384
     max_loras: int = 0  # 0: LoRA off (TensorRT-LLM needs LoRA sized when the LLM is built)
-    max_lora_rank: int = 64
     stats_timeout_s: float = 2.0
-    extra_llm_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. backend="pytorch"
+    # The deployment's own LLM(...) arguments, TensorRT-LLM's names (e.g. backend="pytorch").
+    extra_llm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+# TensorRT-LLM sizes LoRA when the LLM is built; a deployment's lora_config overrides this.
+DEFAULT_MAX_LORA_RANK = 64
+
+
+def llm_settings(model: str, c: TrtllmConfig) -> dict[str, Any]:
+    """Every `LLM(...)` argument, TensorRT-LLM's names, sub-configs as dicts: the
+    deployment's own settings under what basalt owns (pure; UNVERIFIED against TensorRT-LLM)."""
+    own = dict(c.extra_llm_kwargs)
+    kv: dict[str, Any] = dict(own.pop("kv_cache_config", None) or {})
+    if c.gpu_memory_fraction is not None:
+        kv["free_gpu_memory_fraction"] = c.gpu_memory_fraction
+    kv.update(enable_block_reuse=True, event_buffer_max_size=c.event_buffer_max_size)
+    out: dict[str, Any] = {**own, "model": model, "kv_cache_config": kv}
+    if c.max_model_len is not None:
+        out["max_seq_len"] = c.max_model_len
+    if c.max_num_seqs is not None:
+        out["max_batch_size"] = c.max_num_seqs
+    if c.max_loras > 0:
+        out["lora_config"] = {"max_lora_rank": DEFAULT_MAX_LORA_RANK, "max_loras": c.max_loras,
+                              "max_cpu_loras": c.max_loras, **(own.get("lora_config") or {})}
+    return out
 
 
 # ---- pure conversions (tested here) ----------------------------------------------------------
@@ -219,29 +251,16 @@ class TrtllmEngine:
         )
 
     def _llm_kwargs(self) -> dict[str, Any]:
-        c = self.config
-        kv_args: dict[str, Any] = {
-            "enable_block_reuse": True,
-            "event_buffer_max_size": c.event_buffer_max_size,
-        }
-        if c.gpu_memory_fraction is not None:
-            kv_args["free_gpu_memory_fraction"] = c.gpu_memory_fraction
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "kv_cache_config": importlib.import_module("tensorrt_llm.llmapi").KvCacheConfig(
-                **kv_args
-            ),
-        }
-        if c.max_model_len is not None:
-            kwargs["max_seq_len"] = c.max_model_len
-        if c.max_num_seqs is not None:
-            kwargs["max_batch_size"] = c.max_num_seqs
-        if c.max_loras > 0:
-            lora_manager = importlib.import_module("tensorrt_llm.lora_manager")
-            kwargs["lora_config"] = lora_manager.LoraConfig(
-                max_lora_rank=c.max_lora_rank, max_loras=c.max_loras, max_cpu_loras=c.max_loras
-            )
-        return {**kwargs, **c.extra_llm_kwargs}
+        """`llm_settings` with its dicts made TensorRT-LLM's config objects by TensorRT-LLM's
+        own helper, which trtllm-serve applies to --extra_llm_api_options (UNVERIFIED)."""
+        settings = llm_settings(self.model, self.config)
+        llm_args = importlib.import_module("tensorrt_llm.llmapi.llm_args")
+        update = getattr(llm_args, "update_llm_args_with_extra_dict", None)
+        if update is None:  # a release without it: LLM(...) validates dicts itself (pydantic)
+            return settings
+        model = settings.pop("model")
+        merged: dict[str, Any] = update({"model": model}, settings)
+        return merged
 
     def _require_llm(self) -> Any:
         if self._llm is None:

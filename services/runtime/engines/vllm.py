@@ -4,6 +4,15 @@ vLLM runs its EngineCore in child processes; this adapter owns them and a zmq SU
 which vLLM's own KV-event publisher (prefix caching on) connects. The conversions from
 vLLM's types to ours are plain functions in `vllm_convert`; the adapter class is here.
 vLLM is imported lazily, so importing this module costs nothing until `start()`.
+
+vLLM is started with `vllm_settings`: basalt's defaults (LoRA on, two adapters at once),
+under the deployment's own vLLM settings (`VllmConfig.engine_settings`: any vLLM engine
+argument, e.g. max_lora_rank, enforce_eager, tensor_parallel_size, quantization,
+speculative_config, kv_transfer_config), under what basalt owns (the model and its served
+name, the runtime's sizes, prefix caching and KV events on, log stats off). They become
+`vllm serve` flags parsed by vLLM's own parser (`basalt.vllm_args`), so a setting means
+here exactly what it means to `vllm serve`. basalt sets no CPU-friendly defaults of its own
+(enforce_eager, a small max_lora_rank): deploy/local/tiny.yaml and the tests do.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +44,15 @@ from .vllm_convert import (
     vllm_sampling_kwargs,
 )
 
-__all__ = ["VllmConfig", "VllmEngine"]
+__all__ = ["BASALT_DEFAULTS", "VllmConfig", "VllmEngine", "vllm_flags", "vllm_settings"]
 
 log = get_logger(__name__)
 
 
 @dataclass(slots=True)
 class VllmConfig:
+    """What basalt's runtime gives vLLM: the settings it owns, and the deployment's own."""
+
     model: str  # a local model folder (nothing is downloaded)
     served_model_name: str | None = None  # default: the folder's name
     # vLLM's CPU attention needs a multiple of 32; GPUs take 16 or 32 as well.
@@ -53,13 +64,69 @@ class VllmConfig:
     gpu_memory_utilization: float = 0.2
     kv_cache_bytes: int | None = None
     max_num_seqs: int = 16
-    enable_lora: bool = True
-    max_loras: int = 2
-    max_lora_rank: int = 8
-    enforce_eager: bool = True  # no torch.compile / graphs: starts much faster
-    seed: int = 0
-    dtype: str = "auto"
     kv_events_topic: str = "kv"
+    # Any other vLLM engine argument, vLLM's name -> value (e.g. {"enforce_eager": True}).
+    engine_settings: dict[str, Any] = field(default_factory=dict)
+
+
+# basalt's defaults, which a deployment's settings override: LoRA adapters load at run time
+# (the router places them on replicas), two at once.
+BASALT_DEFAULTS: dict[str, Any] = {"enable_lora": True, "max_loras": 2}
+
+
+def vllm_settings(c: VllmConfig, kv_endpoint: str) -> dict[str, Any]:
+    """Every vLLM engine argument the engine starts with, by vLLM's names (pure)."""
+    owned: dict[str, Any] = {
+        "model": c.model,
+        "served_model_name": c.served_model_name or Path(c.model).name,
+        "block_size": c.block_size,
+        "max_model_len": c.max_model_len,
+        "gpu_memory_utilization": c.gpu_memory_utilization,
+        "kv_cache_memory_bytes": c.kv_cache_bytes,
+        "max_num_seqs": c.max_num_seqs,
+        "enable_prefix_caching": True,
+        "disable_log_stats": True,  # only our stat logger (no Prometheus globals, no log spam)
+        "kv_events_config": {
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": kv_endpoint,  # a tcp://host:port endpoint: vLLM connects to our SUB
+            "topic": c.kv_events_topic,
+        },
+    }
+    return {**BASALT_DEFAULTS, **c.engine_settings, **owned}
+
+
+def vllm_flags(c: VllmConfig, kv_endpoint: str) -> list[str]:
+    """The `vllm serve` flags for the same engine (all but the model, which `vllm serve`
+    takes first): what `basalt bench serve` starts its peer with (imports vLLM)."""
+    from basalt.vllm_args import flag_words
+
+    settings = vllm_settings(c, kv_endpoint)
+    del settings["model"]
+    return [w for key, value in settings.items() for w in flag_words(key, value)]
+
+
+def effective_settings(vllm_config: Any, keys: list[str]) -> dict[str, Any]:
+    """What vLLM made of each setting given: the field of that name in its resolved
+    VllmConfig's parts (model_config, cache_config, lora_config, ...), "?" where none has it.
+    For the start-up log only: it never fails."""
+    parts: list[Any] = []
+    for name in dir(vllm_config):
+        if name.endswith("_config") and not name.startswith("_"):
+            try:
+                parts.append(getattr(vllm_config, name))
+            except Exception:  # noqa: BLE001, S112 - a computed part: leave it out
+                continue
+    out: dict[str, Any] = {}
+    for key in keys:
+        try:
+            found = [getattr(part, key) for part in parts
+                     if part is not None and hasattr(part, key)]
+        except Exception:  # noqa: BLE001 - a computed field: say so, do not fail the start
+            found = []
+        value = found[0] if found else "?"
+        out[key] = value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
+    return out
 
 
 def check_block_size(block_size: int) -> None:
@@ -173,36 +240,18 @@ class VllmEngine:
         return self._info
 
     def _build_llm(self, kv_endpoint: str) -> Any:
-        from vllm.config.kv_events import KVEventsConfig
-        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
+
+        from basalt.vllm_args import engine_args
 
         c = self.config
         check_block_size(c.block_size)
-        args = AsyncEngineArgs(
-            model=c.model,
-            served_model_name=c.served_model_name or Path(c.model).name,
-            block_size=c.block_size,
-            max_model_len=c.max_model_len,
-            gpu_memory_utilization=c.gpu_memory_utilization,
-            kv_cache_memory_bytes=c.kv_cache_bytes,
-            max_num_seqs=c.max_num_seqs,
-            enable_lora=c.enable_lora,
-            max_loras=c.max_loras,
-            max_lora_rank=c.max_lora_rank,  # type: ignore[arg-type]
-            enforce_eager=c.enforce_eager,
-            seed=c.seed,
-            dtype=c.dtype,  # type: ignore[arg-type]
-            enable_prefix_caching=True,
-            disable_log_stats=True,  # only our stat logger (no Prometheus globals, no log spam)
-            kv_events_config=KVEventsConfig(
-                enable_kv_cache_events=True,
-                publisher="zmq",
-                endpoint=kv_endpoint,  # a tcp://host:port endpoint: vLLM connects to our SUB
-                topic=c.kv_events_topic,
-            ),
-        )
-        return AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_class(self._view)])
+        args = engine_args(vllm_settings(c, kv_endpoint))  # vLLM's parser: its names, types
+        llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_class(self._view)])
+        given = sorted(c.engine_settings)
+        log.info("vllm engine settings", given=c.engine_settings,
+                 effective=effective_settings(llm.vllm_config, given))
+        return llm
 
     async def shutdown(self) -> None:
         """Stop vLLM's processes and the KV-event socket; safe to call twice."""
@@ -300,7 +349,7 @@ class VllmEngine:
 
     async def load_lora(self, name: str, path: str) -> None:
         llm, _ = self._started()
-        if not self.config.enable_lora:
+        if llm.vllm_config.lora_config is None:
             raise NotSupported("this engine was started with enable_lora=False")
         if self._loras.get(name) == path:
             return
