@@ -121,7 +121,7 @@ class WeightsSource(_message.Message):
     def __init__(self, uri: _Optional[str] = ..., revision: _Optional[str] = ..., token_secret: _Optional[str] = ..., allow_patterns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeploymentRecord(_message.Message):
-    __slots__ = ("id", "model", "spec", "status", "desired_replicas", "kind", "created_ts", "generation")
+    __slots__ = ("id", "model", "spec", "status", "desired_replicas", "kind", "created_ts", "generation", "retry_ts")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class DeploymentRecord(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     CREATED_TS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RETRY_TS_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     spec: DeploymentSpec
@@ -138,7 +139,8 @@ class DeploymentRecord(_message.Message):
     kind: str
     created_ts: float
     generation: int
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., desired_replicas: _Optional[int] = ..., kind: _Optional[str] = ..., created_ts: _Optional[float] = ..., generation: _Optional[int] = ...) -> None: ...
+    retry_ts: float
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., desired_replicas: _Optional[int] = ..., kind: _Optional[str] = ..., created_ts: _Optional[float] = ..., generation: _Optional[int] = ..., retry_ts: _Optional[float] = ...) -> None: ...
 
 class EnvironmentRecord(_message.Message):
     __slots__ = ("model", "name", "deployment_id")

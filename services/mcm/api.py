@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from google.protobuf.message import DecodeError
@@ -32,7 +32,7 @@ from nats.js.errors import InvalidKeyError
 from nats.js.kv import KeyValue
 from starlette.exceptions import HTTPException
 
-from basalt import bus, subjects
+from basalt import bus, engine_check, subjects
 from basalt.apikeys import MANAGEMENT, KeyStoreUnavailable, KeyVerifier, key_from_header
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2
@@ -56,6 +56,7 @@ from services.mcm.core.api_errors import (
     WriteConflict,
     key_allows_path,
 )
+from services.mcm.core.health import ControlState
 from services.mcm.core.resources import (
     AutoscalingPatch,
     DeploymentBody,
@@ -63,6 +64,7 @@ from services.mcm.core.resources import (
     PromoteBody,
     ScaleBody,
 )
+from services.mcm.core.rollout import needs_rollout
 from services.mcm.core.scaling import settled
 
 from .scale import APPLIED_BUCKET, last_applied
@@ -75,6 +77,8 @@ RETRIES = 5
 # it looks.
 SCALE_WAIT_S = 10.0
 SCALE_POLL_S = 0.02
+# How long a create or update waits for the reconciler to plan with it.
+TICK_WAIT_S = 3.0
 Record = deploy_pb2.DeploymentRecord
 EnvRecord = deploy_pb2.EnvironmentRecord
 Transition = Callable[[Record], Record]
@@ -91,21 +95,30 @@ class _Ctx:
     decisions_kv: KeyValue | None = None
     # Real paths a deployment's model and LoRA paths must lie under (None: any path).
     model_roots: tuple[str, ...] | None = None
+    # What the reconciler knows (start failures, unplaced, replica revisions); None: nothing.
+    health: Callable[[], ControlState] | None = None
+
+    def control(self) -> ControlState:
+        return self.health() if self.health is not None else ControlState()
 
 
 def create_app(store: Store, *, nc: Client, verifier: KeyVerifier | None = None,
                cluster_status: Callable[[], list[dict]] | None = None,
-               model_roots: Sequence[str] | None = None) -> FastAPI:
+               model_roots: Sequence[str] | None = None,
+               health: Callable[[], ControlState] | None = None) -> FastAPI:
     """The API app; with `verifier`, every route but /health wants an API key; with
-    `model_roots`, a deployment may name model and LoRA paths only under them."""
-    app = FastAPI(title="basalt control plane", docs_url=None, redoc_url=None)
+    `model_roots`, a deployment may name model and LoRA paths only under them; `health`
+    gives the reconciler's view (failures, unplaced, revisions) shown in each deployment."""
+    app = FastAPI(title="basalt control plane", version=_version(),
+                  description="Deployments, environments, scale and clusters. Every route "
+                  "but /health wants a management API key (`Authorization: Bearer <key>`).")
     roots = None if model_roots is None else tuple(os.path.realpath(r) for r in model_roots)
-    ctx = _Ctx(store, nc, asyncio.Lock(), model_roots=roots)
+    ctx = _Ctx(store, nc, asyncio.Lock(), model_roots=roots, health=health)
     _install_errors(app)
     _install_auth(app, verifier)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
+    async def health_check() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/v1/clusters")
@@ -116,7 +129,8 @@ def create_app(store: Store, *, nc: Client, verifier: KeyVerifier | None = None,
     async def list_models() -> dict[str, Any]:
         deps, envs = await ctx.store.list(), await ctx.store.list_environments()
         reps, decisions = await _replicas(ctx), await _decisions(ctx)
-        return {"models": [res.model_view(m, deps, envs, reps, decisions)
+        control, now = ctx.control(), time.time()
+        return {"models": [res.model_view(m, deps, envs, reps, decisions, control, now)
                            for m in res.model_names(deps, envs)]}
 
     _deployment_routes(app, ctx)
@@ -143,12 +157,24 @@ def _deployment_routes(app: FastAPI, ctx: _Ctx) -> None:
         deps, envs = await _model_state(ctx, model)
         reps = await _replicas(ctx)
         decisions = await _decisions(ctx)
-        return {"deployments": [res.deployment_view(d, envs, reps, decisions=decisions)
-                                for d in deps]}
+        control, now = ctx.control(), time.time()
+        return {"deployments": [res.deployment_view(d, envs, reps, decisions=decisions,
+                                                    control=control, now=now) for d in deps]}
 
     @app.get(base + "/{deployment_id}")
     async def get_deployment(model: str, deployment_id: str) -> dict:
         return await _view(ctx, await _get(ctx, model, deployment_id))
+
+    @app.put(base + "/{deployment_id}")
+    async def apply_deployment(
+        model: str, deployment_id: str, body: DeploymentBody,  # type: ignore[valid-type]
+        response: Response,
+    ) -> dict:
+        """Create or update the deployment so that it says what `body` says (every field);
+        the answer lists what changed and whether replicas are rolled."""
+        out = await _apply(ctx, model, deployment_id, body)
+        response.status_code = 201 if out["created"] else 200
+        return out
 
     @app.delete(base + "/{deployment_id}")
     async def delete_deployment(model: str, deployment_id: str) -> dict:
@@ -158,11 +184,16 @@ def _deployment_routes(app: FastAPI, ctx: _Ctx) -> None:
             # Inactive first: a crash before the delete leaves a deployment that serves nothing.
             await _update(ctx, model, deployment_id, res.deactivate)
             await ctx.store.delete(deployment_id)
+            await _forget_scale(ctx, deployment_id)
+        log.info("deployment_deleted", deployment=deployment_id, model=model)
         return {"id": deployment_id, "model": model, "deleted": True}
 
     @app.post(base + "/{deployment_id}/activate")
     async def activate(model: str, deployment_id: str) -> dict:
-        return await _view(ctx, await _update(ctx, model, deployment_id, res.activate))
+        """Activate; a FAILED deployment is also marked to try again."""
+        failed = ctx.control().failures.get(deployment_id)
+        change = (lambda r: res.retry(r, time.time())) if failed else res.activate
+        return await _view(ctx, await _update(ctx, model, deployment_id, change))
 
     @app.post(base + "/{deployment_id}/deactivate")
     async def deactivate(model: str, deployment_id: str) -> dict:
@@ -239,6 +270,8 @@ def _model_routes(app: FastAPI, ctx: _Ctx) -> None:
                 await ctx.store.delete_environment(model, e.name)
             for d in deps:
                 await ctx.store.delete(d.id)
+                await _forget_scale(ctx, d.id)
+        log.info("model_deleted", model=model, deployments=[d.id for d in deps])
         return {"name": model, "deleted": True, "deployments": [d.id for d in deps],
                 "environments": [e.name for e in envs]}
 
@@ -251,14 +284,11 @@ async def _create(ctx: _Ctx, model: str, body: Any) -> dict:
     environment) the `production` environment pointing at it. A crash between the two
     leaves the model's only deployment, which the router serves under the model name anyway."""
     now = time.time()
+    warnings = await _validate(ctx, model, body)
     async with ctx.lock:
         envs = await ctx.store.list_environments()
         rec = res.new_deployment(model, body, now, await ctx.store.list())
-        if ctx.model_roots is not None:
-            paths = [rec.spec.model_path, *(x.path for x in rec.spec.loras),
-                     local_path(rec.spec.weights.uri)]
-            res.check_model_roots(rec, {p: os.path.realpath(p) for p in paths if p},
-                                  ctx.model_roots)
+        _check_paths(ctx, rec)
         try:
             revision = await ctx.store.create(rec)
         except RevisionMismatch:
@@ -269,7 +299,102 @@ async def _create(ctx: _Ctx, model: str, body: Any) -> dict:
             await ctx.store.put_environment(env)
             envs.append(env)
     log.info("deployment_created", deployment=rec.id, model=model, kind=rec.kind)
-    return res.deployment_view(rec, envs, [], detail=True)
+    await _next_tick(ctx)
+    return {**await _view(ctx, rec), "warnings": warnings}
+
+
+async def _apply(ctx: _Ctx, model: str, deployment_id: str, body: Any) -> dict:
+    """PUT: create when absent (as POST), else update every field with compare-and-set."""
+    if body.id != deployment_id:
+        raise InvalidRequest(f"id: the body's id {body.id!r} is not the path's "
+                             f"{deployment_id!r}", "id")
+    found = await ctx.store.get(deployment_id)
+    if found is None:
+        view = await _create(ctx, model, body)
+        return {**view, "created": True, "changes": [], "rollout": False}
+    if found.record.model != model:
+        raise DeploymentExists(deployment_id)
+    warnings = await _validate(ctx, model, body)
+    now = time.time()
+    async with ctx.lock:
+        for attempt in range(RETRIES):
+            found = await ctx.store.get(deployment_id)
+            old = res.of_model(found.record if found else None, model, deployment_id)
+            new, changed = res.apply_update(old, model, body, now, await ctx.store.list())
+            _check_paths(ctx, new)
+            if not changed:
+                break
+            try:
+                await ctx.store.update(new, found.revision)  # type: ignore[union-attr]
+                break
+            except RevisionMismatch:
+                await asyncio.sleep(0.005 * (attempt + 1))
+        else:
+            raise WriteConflict(deployment_id, RETRIES)
+    if changed:
+        await _next_tick(ctx)
+    rollout = needs_rollout(changed) and new.status == res.ACTIVE
+    log.info("deployment_updated", deployment=deployment_id, model=model,
+             changes=[c.field for c in changed], rollout=rollout)
+    return {**await _view(ctx, new if changed else old), "created": False,
+            "changes": [c.as_dict() for c in changed], "rollout": rollout, "warnings": warnings}
+
+
+async def _validate(ctx: _Ctx, model: str, body: Any) -> list[str]:
+    """Refuse, before anything is written or started, a deployment the engine could not run:
+    the fields (422 naming the first), the model paths against the allowed roots, then what
+    `basalt.engine_check` finds (the model folder holds what the engine loads; the engine
+    arguments pass the engine's own parser: vLLM's, imported once, in a thread). Returns
+    what could not be checked here, as warnings."""
+    rec = res.new_deployment(model, body, time.time(), [])
+    _check_paths(ctx, rec)
+    found = await asyncio.to_thread(engine_check.problems, body.engine, body.model_path,
+                                    body.engine_args)
+    errors = [p for p in found if not p.warning]
+    if errors:
+        raise InvalidRequest("; ".join(f"{p.field}: {p.message}" for p in errors),
+                             errors[0].field)
+    return [f"{p.field}: {p.message}" for p in found if p.warning]
+
+
+async def _next_tick(ctx: _Ctx) -> None:
+    """Wait (up to TICK_WAIT_S) until the reconciler has planned with the write just made (it
+    ticks on every deployment write), so the answer's health says at once what it found
+    (e.g. unplaced: no capacity)."""
+    start = ctx.control().ticks
+    if start < 0:
+        return
+    deadline = time.monotonic() + TICK_WAIT_S
+    while ctx.control().ticks < start + 2 and time.monotonic() < deadline:
+        await asyncio.sleep(SCALE_POLL_S)
+
+
+def _check_paths(ctx: _Ctx, rec: Record) -> None:
+    if ctx.model_roots is None:
+        return
+    paths = [rec.spec.model_path, *(x.path for x in rec.spec.loras),
+             local_path(rec.spec.weights.uri)]
+    res.check_model_roots(rec, {p: os.path.realpath(p) for p in paths if p}, ctx.model_roots)
+
+
+async def _forget_scale(ctx: _Ctx, deployment_id: str) -> None:
+    """A deleted deployment's last applied scale command goes too (no record left behind)."""
+    try:
+        if ctx.applied_kv is None:
+            ctx.applied_kv = await bus.kv_bucket(ctx.nc, APPLIED_BUCKET)
+        await ctx.applied_kv.purge(deployment_id)
+    except Exception as e:  # noqa: BLE001 - the deployment is gone; the marker is harmless
+        log.warning("scale_marker_delete_failed", deployment=deployment_id,
+                    error=str(e) or type(e).__name__)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("basalt")
+    except PackageNotFoundError:
+        return "0"
 
 
 async def _settle_development_race(ctx: _Ctx, rec: Record, revision: int) -> None:
@@ -399,7 +524,8 @@ async def _model_state(ctx: _Ctx, model: str) -> tuple[list[Record], list[EnvRec
 async def _view(ctx: _Ctx, rec: Record) -> dict:
     envs = await ctx.store.list_environments()
     return res.deployment_view(rec, envs, await _replicas(ctx), detail=True,
-                               decisions=await _decisions(ctx))
+                               decisions=await _decisions(ctx), control=ctx.control(),
+                               now=time.time())
 
 
 async def _decisions(ctx: _Ctx) -> dict[str, deploy_pb2.AutoscalerDecision]:

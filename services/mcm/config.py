@@ -35,6 +35,8 @@ class McmSettings(ServiceSettings):
     block_ttl: float = Field(60.0, gt=0, description="Seconds a cloud, region or zone stays blocked after a provider failure there.")
     launch_timeout: float = Field(600.0, gt=0, description="A launched replica that has not registered by then is stopped and replaced.")
     stale_after: float = Field(6.0, gt=0, description="A replica of ours that the provider does not list counts as gone once its heartbeat is this old.")
+    backoff_base: float = Field(2.0, gt=0, le=600, description="After a replica fails to start, its deployment's next launch waits this long, doubling with each failure in a row (up to 60 s).")
+    max_start_failures: int = Field(5, ge=1, le=1000, description="Start failures in a row after which a deployment is FAILED: no more launches until it is deployed again or activated.")
     replica_grace: float = Field(40.0, gt=0, description="Seconds a stopping replica may drain before it is killed.")
     auth: bool = Field(False, description="Require an API key (`basalt keys create`) on the deployments API.")
     stop_replicas_on_exit: bool = Field(False, description="On SIGTERM/SIGINT stop every replica this owner runs (default: leave them for the next start to adopt).")

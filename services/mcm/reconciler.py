@@ -21,7 +21,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 from nats.js.kv import KeyValue
 
-from basalt import bus, subjects
+from basalt import bus, startfail, subjects
 from basalt.ids import ReplicaId
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, events_pb2
@@ -29,8 +29,9 @@ from basalt.replicaauth import replica_token, verify
 from basalt.weights import node_of_cluster, revision_key
 from services.mcm.core.blocklist import Blocklist
 from services.mcm.core.errors import PlacementError, ProviderError
+from services.mcm.core.health import ControlState
 from services.mcm.core.inventory import Cluster, DeploymentId
-from services.mcm.core.liveness import Liveness
+from services.mcm.core.liveness import FailureMark, Liveness
 from services.mcm.core.placement import NO_LATENCY, Requirement
 from services.mcm.core.provider import LaunchHandle, LaunchRequest, Provider
 from services.mcm.core.reconcile import (
@@ -43,6 +44,7 @@ from services.mcm.core.reconcile import (
     Target,
     plan,
 )
+from services.mcm.core.rollout import spec_revision
 from services.mcm.core.startcost import estimates
 from services.mcm.core.status import StartFailure, cluster_rows, status_doc
 
@@ -60,6 +62,8 @@ class ReconcilerSettings:
     stale_after_s: float = 6.0
     backoff_base_s: float = 2.0
     backoff_max_s: float = 60.0
+    # Start failures in a row after which a deployment is FAILED (no more launches).
+    max_failures: int = 5
     # The platform secret each replica's credential is derived from (empty: replicas run
     # without one) and the environment every replica gets (its NATS credentials file).
     replica_secret: bytes = b""
@@ -83,7 +87,8 @@ def target_of(rec: deploy_pb2.DeploymentRecord,
         preferred_regions=frozenset(spec.preferred_regions),
     )
     active = rec.status == deploy_pb2.DEPLOYMENT_STATUS_ACTIVE
-    return Target(rec.desired_replicas, requirement, active, start_s=dict(start_s or {}))
+    return Target(rec.desired_replicas, requirement, active, start_s=dict(start_s or {}),
+                  revision=spec_revision(spec))
 
 
 def launch_request(rec: deploy_pb2.DeploymentRecord, action: Launch, owner: str,
@@ -96,7 +101,7 @@ def launch_request(rec: deploy_pb2.DeploymentRecord, action: Launch, owner: str,
         nats_url=nats_url, cluster=c.name, cloud=c.cloud, region=c.region, zone=c.zone,
         engine_args=dict(spec.engine_args), loras={x.name: x.path for x in spec.loras},
         accelerator=spec.accelerator, accelerator_count=spec.accelerator_count,
-        env=dict(env or {}),
+        spec_revision=action.revision, env=dict(env or {}),
     )
 
 
@@ -148,6 +153,9 @@ class Reconciler:
         self._launched: dict[ReplicaId, LaunchHandle] = {}
         # The rules of who is alive, who vanished and who backs off (core/liveness.py).
         self.live = Liveness(owner, settings.stale_after_s)
+        # Each deployment's failure mark (spec revision, retry mark) at the last tick.
+        self._marks: dict[DeploymentId, tuple[FailureMark, bool]] = {}
+        self.ticks = 0
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
 
@@ -183,6 +191,10 @@ class Reconciler:
         handles = await self.provider.list_owned(self.owner)
         now = self._clock() if now is None else now
         clusters = self.provider.clusters()
+        self._marks = {d: (FailureMark(spec_revision(r.spec), r.retry_ts),
+                           r.status == deploy_pb2.DEPLOYMENT_STATUS_ACTIVE)
+                       for d, r in deployments.items()}
+        self.live.forget_failures(self._marks)
         views, pending = self._observe(records, handles, launching, launched, clusters, now)
         await self._delete_dead_records(records)
         latency = getattr(self.provider, "latency", None)
@@ -211,6 +223,7 @@ class Reconciler:
                                    action.cluster, now,
                                    rec.spec.weights if rec.spec.HasField("weights") else None)
         self.blocklist.prune(now)
+        self.ticks += 1
         return result
 
     async def _start_estimates(self, deployments: Mapping[DeploymentId, deploy_pb2.DeploymentRecord],
@@ -269,16 +282,26 @@ class Reconciler:
     def _start_failed(self, handle: LaunchHandle, now: float) -> None:
         tail_of = getattr(self.provider, "log_tail", None) or getattr(
             getattr(self.provider, "local", None), "log_tail", None)
-        tail = tail_of(handle.replica_id, 1000) if callable(tail_of) else ""
+        tail = tail_of(handle.replica_id, 20000) if callable(tail_of) else ""
+        found = startfail.parse(tail)
+        first = found.message if found else f"replica {handle.replica_id} exited before it was ready"
         self._failed(handle.deployment_id, f"replica {handle.replica_id} exited before it was "
-                     "ready" + (f"; log tail:\n{tail}" if tail else ""), now)
+                     "ready" + (f"; log tail:\n{tail[-1000:]}" if tail else ""), now,
+                     phase=found.phase if found else "", first_error=first)
 
-    def _failed(self, dep: DeploymentId, error: str, now: float) -> None:
-        """One more start failure of `dep`: its next launch waits 2, 4, 8 ... seconds."""
+    def _failed(self, dep: DeploymentId, error: str, now: float, *, phase: str = "",
+                first_error: str = "") -> None:
+        """One more start failure of `dep`: its next launch waits 2, 4, 8 ... seconds; after
+        MAX_FAILURES in a row it is FAILED (core/liveness.py)."""
+        mark, _ = self._marks.get(dep, (FailureMark(), True))
         failure = self.live.record_failure(dep, error, now, self.settings.backoff_base_s,
-                                           self.settings.backoff_max_s)
+                                           self.settings.backoff_max_s, phase=phase,
+                                           first_error=first_error or startfail.one_line(error),
+                                           mark=mark, max_failures=self.settings.max_failures)
         log.warning("replica_start_failed", deployment=dep, failures=failure.count,
-                    retry_in_s=round(failure.retry_at - now, 3), error=error[:200])
+                    failed=failure.given_up, phase=phase,
+                    retry_in_s=None if failure.given_up else round(failure.retry_at - now, 3),
+                    error=failure.first_error)
 
     @property
     def failures(self) -> dict[DeploymentId, StartFailure]:
@@ -291,7 +314,7 @@ class Reconciler:
                       weights: deploy_pb2.WeightsSource | None = None) -> None:
         rid = req.replica_id
         self._launching[rid] = PendingLaunch(rid, req.deployment_id, cluster.name, now,
-                                             self.owner)
+                                             self.owner, req.spec_revision)
         # Wall clock, not self._clock: the runtime compares it with its own time.time().
         req = dataclasses.replace(req, env={**req.env,
                                             "BASALT_START_PLACED_TS": f"{time.time():.3f}"})
@@ -397,6 +420,15 @@ class Reconciler:
         now = self._clock()
         return cluster_rows(self.provider.name, self.provider.clusters(), self.live.listed.values(),
                             self.blocklist, now)
+
+    def deployment_health(self) -> ControlState:
+        """Start failures, unplaced deployments and each replica's spec revision, for the
+        API's deployment views (core/health.py)."""
+        revisions = {str(rid): h.spec_revision for rid, h in self.live.listed.items()}
+        revisions.update({str(rid): p.revision for rid, p in self._launching.items()})
+        return ControlState({str(d): f for d, f in self.failures.items()},
+                            {str(d): str(e) for d, e in self.unplaced.items()},
+                            revisions, self.ticks)
 
     def status(self) -> dict[str, Any]:
         """Clusters, active blocks, unplaced deployments and start failures, as JSON."""

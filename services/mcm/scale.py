@@ -18,7 +18,6 @@ import contextlib
 import time
 from collections.abc import Callable
 
-import nats.errors
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -96,10 +95,12 @@ class ScaleConsumer:
             try:
                 sub = await self._subscribe()
                 msgs = await sub.fetch(batch=16, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:
+                # Nothing to fetch in the second (nats-py raises its own TimeoutError or the
+                # builtin one, its base): not an error.
                 continue
             except Exception as e:  # noqa: BLE001 - NATS down or restarting: retry
-                log.warning("scale_fetch_failed", error=str(e))
+                log.warning("scale_fetch_failed", error=str(e) or type(e).__name__)
                 await asyncio.sleep(self.retry_delay_s)
                 continue
             for msg in msgs:

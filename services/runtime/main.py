@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from basalt import bus, heap
+from basalt import bus, heap, startfail
 from basalt import log as blog
 from basalt.config import parse
 from basalt.metrics import serve_metrics
@@ -46,6 +46,8 @@ SERVICE_NAMES = (
 WARM_UP_ENGINES = ("vllm", "trtllm")
 WARM_UP_TOKEN = 1
 WARM_UP_TIMEOUT_S = 120.0
+# The exit code of a replica that could not start (its log's last line says why).
+START_FAILED_EXIT = 3
 
 
 class Replica:
@@ -64,6 +66,8 @@ class Replica:
         self.tokenizer = make_tokenizer(settings)
         self.engine = make_engine(settings, self.tokenizer)
         self.state = events_pb2.REPLICA_STATE_LOADING
+        # Where the start is (basalt/startfail.PHASES): named in the line a failure leaves.
+        self.start_phase = "connect"
         self.info: EngineInfo | None = None  # set once the engine has started
         self.grpc_address = ""
         self.metrics_address = ""
@@ -135,7 +139,12 @@ class Replica:
                  engine=s.engine.value, model=self.model_name)
         self._spawn(heartbeat.run())
 
-        if not await self._load(stop):  # SIGTERM while loading: leave at once, cleanly
+        try:
+            loaded = await self._load(stop)
+        except Exception as e:  # noqa: BLE001 - said in one line, then a clean exit
+            await self._start_failed(e, server, heartbeat, nc)
+            return START_FAILED_EXIT
+        if not loaded:  # SIGTERM while loading: leave at once, cleanly
             await self._close(server, heartbeat, nc)
             return 0
         self._spawn(kv.run(self.engine))
@@ -162,11 +171,15 @@ class Replica:
         """Start the engine and load LoRA adapters; False when a signal came first."""
 
         async def load() -> None:
+            self.start_phase = "weights"
             await self._warm_weights()
+            self.start_phase = "engine"
             self.info = await self.engine.start()
             self.phases.engine_ts = time.time()
+            self.start_phase = "lora"
             for name, path in self.settings.lora_map().items():
                 await self.engine.load_lora(name, path)
+            self.start_phase = "warm_up"
             await self._warm_up()
 
         loading = asyncio.create_task(load())
@@ -265,6 +278,16 @@ class Replica:
         if self._heartbeat is not None:
             self._spawn(self._heartbeat.beat())
 
+    async def _start_failed(self, e: Exception, server: grpc.aio.Server, heartbeat: Heartbeat,
+                            nc) -> None:  # type: ignore[no-untyped-def]
+        """The start failed: the traceback once in the log, then the one marker line the
+        control plane reads (basalt/startfail.py), then a clean shutdown (no second traceback
+        from parts torn down with the event loop)."""
+        log.error("replica_start_failed", replica_id=self.replica_id, phase=self.start_phase,
+                  error=startfail.describe(e), exc_info=e)
+        await self._close(server, heartbeat, nc)
+        print(startfail.marker_line(self.start_phase, e), file=sys.stderr, flush=True)
+
     async def _close(self, server: grpc.aio.Server, heartbeat: Heartbeat, nc) -> None:  # type: ignore[no-untyped-def]
         await server.stop(grace=1.0)
         for task in self.tasks:
@@ -314,6 +337,17 @@ class Replica:
             log.warning("drain_timeout", aborted=servicer.inflight.count)
 
 
+async def _run(settings: RuntimeSettings, warming: warm.Warming | None) -> int:
+    try:
+        replica = Replica(settings, warming)
+    except Exception as e:
+        log.error("replica_start_failed", phase="settings", error=startfail.describe(e),
+                  exc_info=e)
+        print(startfail.marker_line("settings", e), file=sys.stderr, flush=True)
+        return START_FAILED_EXIT
+    return await replica.run()
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = parse(RuntimeSettings, sys.argv[1:] if argv is None else argv, "basalt runtime")
     blog.configure("runtime", settings.log_level)
@@ -332,9 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     # Started first, so the reads overlap importing the engine (Replica builds it).
     warming = warm.Warming(root) if settings.warm_weights and root else None
     try:
-        return asyncio.run(Replica(settings, warming).run())
+        return asyncio.run(_run(settings, warming))
     except (bus.NatsRefused, bus.InsecureNats) as e:
-        print(f"basalt runtime: {e}", file=sys.stderr)
+        print(f"{startfail.MARK}connect: {e}", file=sys.stderr)
         return 2
     finally:
         if warming is not None:

@@ -101,7 +101,7 @@ async def test_create_get_list(api: httpx.AsyncClient, store: Store) -> None:
     created = await _deploy(api, "tiny-v1", engine_args={"max_model_len": "1024"})
     assert created["status"] == "active" and created["environments"] == ["production"]
     got = (await api.get(f"{BASE}/deployments/tiny-v1")).json()
-    assert got["spec"]["engine_args"] == {"max_model_len": "1024"}
+    assert got["spec"]["engine_args"] == {"max_model_len": 1024}, "shown as its value"
     assert got["desired_replicas"] == 1 and got["replicas"] == []
     listed = (await api.get(f"{BASE}/deployments")).json()["deployments"]
     assert [d["id"] for d in listed] == ["tiny-v1"]

@@ -133,4 +133,5 @@ def test_a_ready_replica_clears_its_deployments_failures() -> None:
 def test_start_failure_keeps_its_error() -> None:
     lv = live()
     failure = lv.record_failure(D, "exited before ready", now=0.0, base_s=2.0, max_s=60.0)
-    assert lv.failures[D] == failure == StartFailure(1, 2.0, "exited before ready")
+    assert lv.failures[D] == failure == StartFailure(1, 2.0, "exited before ready",
+                                                     first_error="exited before ready")

@@ -140,6 +140,6 @@ def test_nothing_fits_says_which_rule_excluded_each_cluster() -> None:
         down.name: Rule.CLUSTER_DOWN, l4.name: Rule.WRONG_ACCELERATOR,
     }
     message = str(result.error())
-    assert "1x H100" in message and "capacity" in message and "0 of 8 free" in message
+    assert "1x H100" in message and "capacity 8/8 used" in message
     with pytest.raises(PlacementError, match="no clusters are known"):
         place_one(H100x1, [], ClusterUsage(), {}, Blocklist(), {}, 0.0)

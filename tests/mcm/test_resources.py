@@ -217,10 +217,12 @@ def test_deployment_view_counts_ready_replicas() -> None:
     assert view["replicas"][1] == {
         "id": "r1",
         "state": "loading",
+        "spec_revision": "",
         "region": "us",
         "zone": "us-a",
         "cluster": "c1",
         "grpc_address": "h:1",
+        "metrics_address": "",
         "engine": "",
         "owner": "",
         "heartbeat_ts": 0.0,

@@ -10,7 +10,9 @@ replica records, what the provider lists for our owner id, the launches in fligh
   most `stale_after_s` old;
 - a vanished replica that was never READY, on a cluster still up, is a start failure of its
   deployment; each consecutive failure doubles the wait before that deployment's next launch
-  (`backoff_base_s`, 2×, ... up to `backoff_max_s`); a READY replica clears the count;
+  (`backoff_base_s`, 2×, ... up to `backoff_max_s`); a READY replica clears the count; after
+  `max_failures` in a row the deployment is FAILED and gets no launch until its spec revision
+  or its retry mark changes (a new deploy, or activate), or it is deactivated;
 - a process the provider lists without a record yet is a pending launch (so a restarted
   control plane adopts launches still starting).
 """
@@ -47,17 +49,39 @@ class Observation:
     vanished: list[Vanished]
 
 
+# Consecutive start failures after which a deployment is FAILED (launches stop).
+MAX_FAILURES = 5
+
+
+@dataclass(slots=True, frozen=True)
+class FailureMark:
+    """What a deployment is at when a failure is recorded: a later change of either clears it."""
+
+    revision: str = ""
+    retry_ts: float = 0.0
+
+
 def next_failure(prev: StartFailure | None, error: str, now: float, base_s: float,
-                 max_s: float) -> StartFailure:
-    """One more consecutive start failure: the next launch waits base, 2×base, ... ≤ max."""
+                 max_s: float, *, phase: str = "", first_error: str = "",
+                 mark: FailureMark = FailureMark(),
+                 max_failures: int = MAX_FAILURES) -> StartFailure:
+    """One more consecutive start failure: the next launch waits base, 2×base, ... ≤ max;
+    the `max_failures`-th gives up."""
     count = prev.count + 1 if prev else 1
     delay = min(base_s * 2 ** (count - 1), max_s)
-    return StartFailure(count, now + delay, error)
+    return StartFailure(count, now + delay, error, phase, first_error or error.split("\n")[0],
+                        count >= max_failures, mark.revision, mark.retry_ts)
 
 
 def backing_off(failure: StartFailure | None, now: float) -> bool:
-    """True while a deployment waits after its last start failure."""
-    return failure is not None and now < failure.retry_at
+    """True while a deployment waits after its last start failure, and for good once FAILED."""
+    return failure is not None and (failure.given_up or now < failure.retry_at)
+
+
+def still_applies(failure: StartFailure, mark: FailureMark, active: bool) -> bool:
+    """A failure counts while its deployment is active at the revision and retry mark it
+    failed at."""
+    return active and failure.revision == mark.revision and failure.retry_ts == mark.retry_ts
 
 
 @dataclass(slots=True)
@@ -109,14 +133,16 @@ class Liveness:
         vanished = self._vanished(listed, {**launched, **self.listed}, stopping, clusters)
         self.listed = listed
         replicas = []
+        revisions = {p.replica_id: p.revision for p in launching}
         for rid, rec in records.items():
             if rec.owner == self.owner and not self.alive(rec, listed, launching_now, now):
                 continue
             handle = listed.get(rid)
             started = handle.started_at if handle else self.first_seen.setdefault(rid, now)
-            replicas.append(observed_from_record(rec, started))
+            revision = handle.spec_revision if handle else revisions.get(rid, "")
+            replicas.append(observed_from_record(rec, started, revision))
         pending = [PendingLaunch(h.replica_id, h.deployment_id, ClusterName(h.cluster),
-                                 h.started_at, h.owner) for h in handles]
+                                 h.started_at, h.owner, h.spec_revision) for h in handles]
         known = set(records) | set(listed) | set(launching_now)
         for ids in (self.lost, self.stopped, self.ever_ready):
             ids.intersection_update(known)
@@ -138,10 +164,21 @@ class Liveness:
         return gone
 
     def record_failure(self, dep: DeploymentId, error: str, now: float, base_s: float,
-                       max_s: float) -> StartFailure:
-        failure = next_failure(self.failures.get(dep), error, now, base_s, max_s)
+                       max_s: float, *, phase: str = "", first_error: str = "",
+                       mark: FailureMark = FailureMark(),
+                       max_failures: int = MAX_FAILURES) -> StartFailure:
+        failure = next_failure(self.failures.get(dep), error, now, base_s, max_s, phase=phase,
+                               first_error=first_error, mark=mark, max_failures=max_failures)
         self.failures[dep] = failure
         return failure
+
+    def forget_failures(self, marks: Mapping[DeploymentId, tuple[FailureMark, bool]]) -> None:
+        """Drop the failures of deployments gone, inactive, or changed since they failed
+        (`marks`: each deployment's current mark and whether it is active)."""
+        for dep, failure in list(self.failures.items()):
+            mark, active = marks.get(dep, (FailureMark(), False))
+            if dep not in marks or not still_applies(failure, mark, active):
+                del self.failures[dep]
 
     def backing_off(self, dep: DeploymentId, now: float) -> bool:
         return backing_off(self.failures.get(dep), now)

@@ -128,7 +128,8 @@ def _rejection(req: Requirement, c: Cluster, usage: ClusterUsage, blocklist: Blo
                          f"{block.scope.value} {block.key} until {block.until:.0f}{why}")
     free = usage.free(c)
     if free < req.units:
-        return Rejection(c.name, Rule.NO_CAPACITY, f"{max(free, 0)} of {c.gpus_total} free, "
+        used = c.gpus_total - max(free, 0)
+        return Rejection(c.name, Rule.NO_CAPACITY, f"capacity {used}/{c.gpus_total} used, "
                          f"needs {req.units}")
     return None
 

@@ -14,6 +14,13 @@ Rules, per deployment:
   READY; newest first within each; ties by replica id, highest first.
 - Launches go where `placement.evaluate` says, each one updating the usage and per-region
   counts the next one sees. Their ids come from (`ctx.seed`, counter), skipping taken ids.
+- Rollout: a replica started at another spec revision than its deployment's (a known one:
+  "" is a replica from before revisions, taken as current) is old. While a deployment has old
+  replicas, it may run one replica more than desired (surge 1): a new one is launched, and an
+  old READY one is stopped only once a new one is READY in its place (stopping drains it: its
+  requests finish). Old replicas that are not READY serve nothing and stop at once. When the
+  surge cannot be placed (no capacity) and no new replica is on its way, one old READY replica
+  is stopped first to make room (its slot is free at the next plan).
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ class ObservedReplica:
     state: ReplicaPhase
     # When it was launched or first seen; orders "newest first" on scale down.
     started_at: float
+    # The deployment's spec revision it was started with ("": unknown, taken as current).
+    revision: str = ""
 
 
 @dataclass(slots=True, frozen=True)
@@ -69,6 +78,7 @@ class PendingLaunch:
     cluster: ClusterName
     started_at: float
     owner: str = ""
+    revision: str = ""
 
 
 @dataclass(slots=True, frozen=True)
@@ -81,6 +91,8 @@ class Target:
     traffic: TrafficMix = field(default_factory=dict)
     # Estimated start seconds on each cluster (name -> s; core/startcost.py).
     start_s: Mapping[str, float] = field(default_factory=dict)
+    # The spec revision new replicas get (core/rollout.py); others are rolled ("": no rollout).
+    revision: str = ""
 
 
 class StopReason(Enum):
@@ -89,6 +101,7 @@ class StopReason(Enum):
     CLUSTER_DOWN = "cluster down"
     LAUNCH_TIMEOUT = "launch timed out"
     SCALE_DOWN = "scale down"
+    ROLLOUT = "replaced by a new revision"
 
 
 @dataclass(slots=True, frozen=True)
@@ -96,6 +109,7 @@ class Launch:
     deployment_id: DeploymentId
     cluster: Cluster
     replica_id: ReplicaId
+    revision: str = ""
 
 
 @dataclass(slots=True, frozen=True)
@@ -157,6 +171,7 @@ class _Member:
     region: str
     phase: _Phase
     started_at: float
+    revision: str = ""
 
 
 _STATE_FROM_PROTO = {
@@ -166,12 +181,13 @@ _STATE_FROM_PROTO = {
 }
 
 
-def observed_from_record(record: events_pb2.ReplicaRecord, started_at: float) -> ObservedReplica:
+def observed_from_record(record: events_pb2.ReplicaRecord, started_at: float,
+                         revision: str = "") -> ObservedReplica:
     """The view of a replica record (an unset state reads as LOADING)."""
     return ObservedReplica(
         ReplicaId(record.replica_id), DeploymentId(record.deployment), record.owner,
         ClusterName(record.cluster), record.region,
-        _STATE_FROM_PROTO.get(record.state, ReplicaPhase.LOADING), started_at,
+        _STATE_FROM_PROTO.get(record.state, ReplicaPhase.LOADING), started_at, revision,
     )
 
 
@@ -204,7 +220,7 @@ def _members(replicas: Sequence[ObservedReplica], pending: Sequence[PendingLaunc
             continue
         phase = _Phase.READY if r.state is ReplicaPhase.READY else _Phase.LOADING
         out.append(_Member(r.replica_id, r.deployment_id, r.cluster, r.region, phase,
-                           r.started_at))
+                           r.started_at, r.revision))
     for p in pending:
         if p.replica_id in seen or p.replica_id in ctx.stopping:
             continue
@@ -213,7 +229,7 @@ def _members(replicas: Sequence[ObservedReplica], pending: Sequence[PendingLaunc
         seen.add(p.replica_id)
         c = clusters.get(p.cluster)
         out.append(_Member(p.replica_id, p.deployment_id, p.cluster, c.region if c else "",
-                           _Phase.PENDING, p.started_at))
+                           _Phase.PENDING, p.started_at, p.revision))
     return out
 
 
@@ -259,7 +275,9 @@ class _Ids:
 
 
 def _launches(dep: DeploymentId, target: Target, n: int, live: list[_Member],
-              usage: ClusterUsage, ids: _Ids, ctx: PlanContext, plan: Plan) -> None:
+              usage: ClusterUsage, ids: _Ids, ctx: PlanContext, plan: Plan) -> int:
+    """Plan up to `n` launches; returns how many found a cluster."""
+    placed = 0
     by_region: dict[str, int] = {}
     for m in live:
         by_region[m.region] = by_region.get(m.region, 0) + 1
@@ -268,11 +286,13 @@ def _launches(dep: DeploymentId, target: Target, n: int, live: list[_Member],
                           target.traffic, ctx.now, ctx.latency, ctx.weights, target.start_s)
         if result.best is None:
             plan.unplaced[dep] = result.error()
-            return
+            return placed
         cluster = result.best.cluster
-        plan.actions.append(Launch(dep, cluster, ids.next(dep)))
+        plan.actions.append(Launch(dep, cluster, ids.next(dep), target.revision))
         usage.add(cluster.name, target.requirement.units)
         by_region[cluster.region] = by_region.get(cluster.region, 0) + 1
+        placed += 1
+    return placed
 
 
 def plan(
@@ -300,10 +320,49 @@ def plan(
     for dep in sorted(targets):
         target, have = targets[dep], live[dep]
         want = max(target.desired, 0) if target.active else 0
-        if len(have) > want:
+        old = [m for m in have if m.revision and target.revision
+               and m.revision != target.revision]
+        if old:
+            _roll(dep, target, want, have, old, usage, ids, ctx, clusters, out)
+        elif len(have) > want:
             for m in _victims(have, len(have) - want, ctx, clusters):
                 out.actions.append(Stop(m.replica_id, StopReason.SCALE_DOWN, dep))
         elif len(have) < want:
             _launches(dep, target, want - len(have), have, usage, ids, ctx, out)
     out.next_seq = ids.seq
     return out
+
+
+ROLLOUT_SURGE = 1
+
+
+def _roll(dep: DeploymentId, target: Target, want: int, have: list[_Member], old: list[_Member],
+          usage: ClusterUsage, ids: _Ids, ctx: PlanContext,
+          clusters: Mapping[ClusterName, Cluster], out: Plan) -> None:
+    """One plan step of replacing `old` replicas by ones at the target revision (the module
+    docstring has the rules)."""
+    new = [m for m in have if m not in old]
+    old_ready = [m for m in old if m.phase is _Phase.READY]
+    stops = [m for m in old if m.phase is not _Phase.READY]  # serve nothing: go now
+    new_ready = sum(m.phase is _Phase.READY for m in new)
+    # Old READY ones go as READY new ones take their place (never below `want` ready).
+    excess = max(0, len(old_ready) + new_ready - want)
+    stops += _victims(old_ready, excess, ctx, clusters)
+    for m in stops:
+        out.actions.append(Stop(m.replica_id, StopReason.ROLLOUT, dep))
+    if len(new) > want:
+        for m in _victims(new, len(new) - want, ctx, clusters):
+            out.actions.append(Stop(m.replica_id, StopReason.SCALE_DOWN, dep))
+        return
+    staying_old = len(old) - len(stops)
+    n = min(want - len(new), want + ROLLOUT_SURGE - staying_old - len(new))
+    if n <= 0:
+        return
+    placed = _launches(dep, target, n, new, usage, ids, ctx, out)
+    in_progress = any(m.phase is not _Phase.READY for m in new)
+    left = [m for m in old_ready if m not in stops]
+    if placed == 0 and not in_progress and left:
+        # No room for the surge: make room by stopping one old replica (it drains first).
+        out.unplaced.pop(dep, None)
+        victim = _victims(left, 1, ctx, clusters)[0]
+        out.actions.append(Stop(victim.replica_id, StopReason.ROLLOUT, dep))

@@ -25,7 +25,9 @@ from services.mcm.core.api_errors import (
     InvalidRequest,
     NotFound,
 )
+from services.mcm.core.health import ControlState, health
 from services.mcm.core.provider import engine_arg_problem
+from services.mcm.core.rollout import Change, changes, spec_dict, spec_revision
 
 PRODUCTION = "production"
 DEVELOPMENT = "development"
@@ -145,6 +147,35 @@ def new_deployment(model: str, body: BaseModel, now: float, existing: Sequence[R
     if not dep.active:
         rec.desired_replicas = 0
     return rec
+
+
+def apply_update(old: Record, model: str, body: BaseModel, now: float,
+                 existing: Sequence[Record]) -> tuple[Record, list[Change]]:
+    """The record `PUT .../deployments/{id}` makes of an existing deployment so that it says
+    what `body` says, and what changed. Every field applies: spec fields (routing, queue,
+    backpressure, autoscaling, engine settings, ...), `active` (as activate / deactivate do)
+    and `replicas` (a fixed count: set; an autoscaled deployment keeps the autoscaler's count,
+    brought within the new bounds). `kind` cannot change here (promote publishes)."""
+    others = [r for r in existing if r.id != old.id]
+    fresh = new_deployment(model, body, now, others)
+    if fresh.kind != old.kind:
+        raise InvalidRequest(f"kind: {old.id} is {old.kind}; a deployment's kind cannot "
+                             "change (promote a development deployment to publish it)", "kind")
+    out = _copy(fresh)
+    out.created_ts, out.generation, out.retry_ts = old.created_ts, old.generation, old.retry_ts
+    was_active = old.status == ACTIVE
+    if out.status == ACTIVE and was_active and out.spec.HasField("autoscaling"):
+        lo, hi = out.spec.autoscaling.min_replica, out.spec.autoscaling.max_replica
+        out.desired_replicas = min(max(old.desired_replicas, lo), max(hi, lo))
+    return out, changes(old, out)
+
+
+def retry(rec: Record, now: float) -> Record:
+    """Activate, and mark the deployment for a new try: the control plane forgets the start
+    failures recorded before the mark (a FAILED deployment launches again)."""
+    out = activate(rec)
+    out.retry_ts = now
+    return out
 
 
 def loses_development_race(my_revision: int, rivals: Iterable[int]) -> bool:
@@ -290,10 +321,12 @@ def status_name(status: int) -> str:
     return "inactive" if status == INACTIVE else "unspecified"
 
 
-def replica_view(rep: events_pb2.ReplicaRecord) -> dict[str, Any]:
+def replica_view(rep: events_pb2.ReplicaRecord, revision: str = "") -> dict[str, Any]:
     state = events_pb2.ReplicaState.Name(rep.state).removeprefix("REPLICA_STATE_").lower()
-    return {"id": rep.replica_id, "state": state, "region": rep.region, "zone": rep.zone,
-            "cluster": rep.cluster, "grpc_address": rep.grpc_address, "engine": rep.engine,
+    return {"id": rep.replica_id, "state": state, "spec_revision": revision,
+            "region": rep.region, "zone": rep.zone,
+            "cluster": rep.cluster, "grpc_address": rep.grpc_address,
+            "metrics_address": rep.metrics_address, "engine": rep.engine,
             "owner": rep.owner, "heartbeat_ts": rep.heartbeat_ts, "started_ts": rep.started_ts,
             "ready_ts": rep.ready_ts, "weights_revision": rep.weights_revision,
             "start": MessageToDict(rep.start, preserving_proto_field_name=True)}
@@ -301,14 +334,16 @@ def replica_view(rep: events_pb2.ReplicaRecord) -> dict[str, Any]:
 
 def deployment_view(rec: Record, envs: Sequence[EnvRecord],
                     replicas: Sequence[events_pb2.ReplicaRecord], detail: bool = False,
-                    decisions: Mapping[str, deploy_pb2.AutoscalerDecision] | None = None
-                    ) -> dict:
-    """A deployment as the API shows it; `replicas` are this deployment's replica records."""
-    spec = MessageToDict(rec.spec, preserving_proto_field_name=True,
-                         always_print_fields_with_no_presence=True)
+                    decisions: Mapping[str, deploy_pb2.AutoscalerDecision] | None = None,
+                    control: ControlState | None = None, now: float = 0.0) -> dict:
+    """A deployment as the API shows it; `replicas` are every replica record (this
+    deployment's are picked), `control` what the reconciler knows (core/health.py)."""
+    spec = spec_dict(rec.spec)
     spec.pop("autoscaling", None)
     names = environments_of(rec, envs)
     mine = [r for r in replicas if r.deployment == rec.id]
+    control = control or ControlState()
+    revision = spec_revision(rec.spec)
     view = {
         "id": rec.id, "model": rec.model, "kind": rec.kind, "status": status_name(rec.status),
         "is_development": rec.kind == DEVELOPMENT, "is_production": PRODUCTION in names,
@@ -317,9 +352,12 @@ def deployment_view(rec: Record, envs: Sequence[EnvRecord],
         "replica_count": len(mine), "autoscaling_settings": autoscaling_dict(rec),
         "spec": spec, "created_ts": rec.created_ts, "generation": rec.generation,
         "autoscaler": decision_view((decisions or {}).get(rec.id)),
+        "spec_revision": revision,
+        "health": health(rec, mine, revision, control, now),
     }
     if detail:
-        view["replicas"] = [replica_view(r) for r in sorted(mine, key=lambda r: r.replica_id)]
+        view["replicas"] = [replica_view(r, control.revisions.get(r.replica_id, ""))
+                            for r in sorted(mine, key=lambda r: r.replica_id)]
     return view
 
 
@@ -333,8 +371,8 @@ def model_names(deployments: Iterable[Record], envs: Iterable[EnvRecord]) -> lis
 
 def model_view(model: str, deployments: Sequence[Record], envs: Sequence[EnvRecord],
                replicas: Sequence[events_pb2.ReplicaRecord],
-               decisions: Mapping[str, deploy_pb2.AutoscalerDecision] | None = None
-               ) -> dict[str, Any]:
+               decisions: Mapping[str, deploy_pb2.AutoscalerDecision] | None = None,
+               control: ControlState | None = None, now: float = 0.0) -> dict[str, Any]:
     """A model: its deployments, environments, and which deployment production serves."""
     mine = [d for d in deployments if d.model == model]
     my_envs = [e for e in envs if e.model == model]
@@ -343,8 +381,8 @@ def model_view(model: str, deployments: Sequence[Record], envs: Sequence[EnvReco
     return {"name": model, "production_deployment_id": production,
             "development_deployment_id": development,
             "environments": [environment_view(e) for e in my_envs],
-            "deployments": [deployment_view(d, my_envs, replicas, decisions=decisions)
-                            for d in mine]}
+            "deployments": [deployment_view(d, my_envs, replicas, decisions=decisions,
+                                            control=control, now=now) for d in mine]}
 
 
 def check_tokenizer_source(dep: Deployment) -> None:

@@ -23,6 +23,14 @@ class StartFailure:
     count: int
     retry_at: float
     last_error: str
+    # The start phase and the one line that say what went wrong (basalt/startfail.py).
+    phase: str = ""
+    first_error: str = ""
+    # After `max_failures` in a row the deployment is FAILED: no more launches until its
+    # spec changes or an operator asks again (activate), which `revision` / `retry_ts` tell.
+    given_up: bool = False
+    revision: str = ""
+    retry_ts: float = 0.0
 
 
 def cluster_rows(provider: str, clusters: Iterable[Cluster], listed: Iterable[LaunchHandle],
@@ -58,6 +66,7 @@ def status_doc(owner: str, provider: str, clusters: list[dict[str, Any]], blockl
                     "reason": b.reason} for b in blocklist.active(now)],
         "unplaced": {d: str(e) for d, e in sorted(unplaced.items())},
         "start_failures": {d: {"count": f.count, "retry_at": f.retry_at,
-                               "last_error": f.last_error}
+                               "last_error": f.last_error, "phase": f.phase,
+                               "first_error": f.first_error, "failed": f.given_up}
                            for d, f in sorted(failures.items())},
     }

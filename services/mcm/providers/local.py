@@ -108,7 +108,7 @@ class LocalProvider:
         handle = LaunchHandle(
             req.replica_id, req.deployment_id, req.owner, self.name, req.cluster, req.cloud,
             req.region, req.zone, time.time(), proc.pid, str(self.log_path(req.replica_id)),
-            req.accelerator, req.accelerator_count,
+            req.accelerator, req.accelerator_count, req.spec_revision,
         )
         self._running[req.replica_id] = _Running(handle, proc)
         self._exit_codes.pop(req.replica_id, None)
