@@ -35,8 +35,10 @@ class RouterProcess(ServiceProcess):
         ready = self.workdir / f"{self.name}.ready.json"
         ready.unlink(missing_ok=True)
         http_port, grpc_port = free_ports(2)
+        # Any free metrics port (the default, 9101, is one per machine): tests run many routers.
+        metrics = [] if "--metrics-port" in self.extra else ["--metrics-port", "0"]
         args = ["--nats-url", self.nats_url, "--http-port", str(http_port),
-                "--grpc-port", str(grpc_port), "--ready-file", str(ready), *self.extra]
+                "--grpc-port", str(grpc_port), "--ready-file", str(ready), *metrics, *self.extra]
         if self.deployments_file:
             args += ["--deployments-file", str(self.deployments_file)]
         self._spawn("services.router", args)

@@ -4,11 +4,11 @@ request to a replica by KV-cache overlap, LoRA, region and load.
 `core/` holds the rules (pure); beside it the adapters: `watchers` (NATS: records, KV events,
 load), `dispatch` (gRPC to replicas: queue, failover, request records), `openai_api` (FastAPI),
 `kserve` (KServe v2 gRPC), `tokenizers`, `status_codes` (errors → HTTP / gRPC), `metrics`,
-`config`, and `main` wiring them.
+`access_log` (one line per HTTP request), `docs_page` (/docs, /openapi.json), `config`, and
+`main` wiring them.
 """
 
 __all__ = [
-    "body_limit", "config", "core", "dispatch", "kserve", "main", "metrics", "openai_api",
-    "openai_types",
-    "status_codes", "tokenizers", "watchers",
+    "access_log", "body_limit", "config", "core", "dispatch", "docs_page", "kserve", "main",
+    "metrics", "openai_api", "openai_types", "status_codes", "tokenizers", "watchers",
 ]

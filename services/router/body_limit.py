@@ -34,7 +34,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(scope, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -44,7 +44,7 @@ class BodyLimit:
                 break  # the client left: let the app see the disconnect
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, send)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -61,7 +61,10 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        entry = scope.get("state", {}).get("access")
+        if entry is not None:  # the access-log entry KeyAuth started (outside this layer)
+            entry.refused(413, code="request_too_large")
         body = too_large_body(self.max_bytes)
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

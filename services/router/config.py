@@ -7,6 +7,9 @@ from pydantic_settings import SettingsConfigDict
 
 from basalt.config import ServiceSettings
 
+# The router's /metrics port unless --metrics-port says otherwise (worker i: this + i).
+DEFAULT_METRICS_PORT = 9101
+
 
 class RouterSettings(ServiceSettings):
     """OpenAI HTTP and KServe v2 gRPC front doors; KV-, LoRA-, region- and load-aware routing."""
@@ -39,4 +42,6 @@ class RouterSettings(ServiceSettings):
     tokenize_process_chars: int = Field(32_768, ge=0, description="Prompts of at least this many characters are tokenized in a helper process, so the event loop never waits on the tokenizer's GIL-held work (0: always in a thread).")
     workers: int = Field(1, ge=1, le=64, description="Router processes serving the same HTTP and gRPC ports (SO_REUSEPORT); each builds its own index from the same events. 1: this process serves.")
     worker_index: int = Field(-1, ge=-1, description="Set by the supervisor on each worker (its ports are shared; responses carry x-basalt-router-worker). -1: not a worker.")
-    ready_file: str = Field("", description="Write the bound ports as JSON to this file once serving (for scripts).")
+    ready_file: str = Field("", description="Write the bound ports and the metrics address as JSON to this file once serving (for scripts).")
+    metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535, description=f"Port of the router's Prometheus /metrics server ({DEFAULT_METRICS_PORT} by default, so a scrape config can name it; 0 = any free port, as tests use). With --workers N each worker serves its own: this port + its index ({DEFAULT_METRICS_PORT}..{DEFAULT_METRICS_PORT}+N-1); with 0, each a free port.")
+    access_log: bool = Field(True, description="One structured log line (event `access`) per HTTP request once answered: request id, route, status, outcome, model, deployment, replica, key id, tokens, queue wait, TTFT, total time; never the prompt or the key. --no-access-log: none.")

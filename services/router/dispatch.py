@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,6 +15,7 @@ from basalt import subjects
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2, runtime_pb2, runtime_pb2_grpc
 from basalt.replicaauth import bearer, replica_token
+from services.router.core.access import CANCELLED, AccessEntry, outcome_of
 from services.router.core.demand import DemandBook, Phase
 from services.router.core.deployments import Route
 from services.router.core.errors import (
@@ -70,6 +71,9 @@ class RequestContext:
     hashes: dict[int, OwnHashes] = field(default_factory=dict)
     # The caller's `authorization` value (the KServe door checks the key per request).
     authorization: str | None = None
+    # The HTTP door's access-log entry: it receives the request's record (the one source of
+    # the access line's outcome, tokens and times).
+    access: AccessEntry | None = None
 
 
 @dataclass(slots=True)
@@ -331,7 +335,7 @@ class Dispatcher:
     async def _with_failover(
         self, route: Route, prompt: Sequence[int], ctx: RequestContext, summary: RequestSummary,
         open_call: Callable[[runtime_pb2_grpc.RuntimeStub], Any],
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """The one failover loop of generate and predict (rules in core/failover.py): pick a
         replica, stream its call; on a failure before the first response, try another."""
         tried: set[str] = set()
@@ -343,8 +347,9 @@ class Dispatcher:
             metrics.ROUTED.labels(deployment=route.deployment_id, replica=rid).inc()
             tried.add(rid)
             started = False
+            call = self._call(rid, ctx, blocks, open_call)
             try:
-                async for resp in self._call(rid, ctx, blocks, open_call):
+                async for resp in call:
                     started = True
                     yield resp
                 return
@@ -360,12 +365,14 @@ class Dispatcher:
                 log.warning("replica_failed_retrying", replica=rid, code=e.code().name,
                             detail=e.details())
                 metrics.RETRIES.labels(deployment=route.deployment_id).inc()
+            finally:  # closed by our consumer at a yield: close the call now, not at GC
+                await call.aclose()
         raise NoReplica(route.deployment_id, 0.0, f"{MAX_ATTEMPTS} replicas failed")
 
     async def _call(
         self, rid: str, ctx: RequestContext, blocks: int,
         open_call: Callable[[runtime_pb2_grpc.RuntimeStub], Any],
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """One call to one replica, with its in-flight accounting and its fault noted."""
         entry = self.fleet.get(rid)
         if entry is None:
@@ -395,8 +402,9 @@ class Dispatcher:
     async def generate(
         self, route: Route, prompt: Sequence[int], sampling: runtime_pb2.SamplingParams,
         ctx: RequestContext,
-    ) -> AsyncIterator[runtime_pb2.GenerateResponse]:
-        """Stream from the chosen replica; retry elsewhere if it fails before the first token."""
+    ) -> AsyncGenerator[runtime_pb2.GenerateResponse, None]:
+        """Stream from the chosen replica; retry elsewhere if it fails before the first token.
+        Closed early (the client left), it ends its call at once and records `cancelled`."""
         out = RequestSummary(prompt_tokens=len(prompt))
         request = runtime_pb2.GenerateRequest(
             request_id=ctx.request_id, prompt_token_ids=prompt, sampling=sampling,
@@ -404,9 +412,10 @@ class Dispatcher:
         )
         started = False
         self.demand.arrive(route.deployment_id, ctx.request_id, len(prompt), time.monotonic())
+        responses = self._with_failover(route, prompt, ctx, out,
+                                        lambda stub: stub.Generate(request))
         try:
-            async for resp in self._with_failover(route, prompt, ctx, out,
-                                                  lambda stub: stub.Generate(request)):
+            async for resp in responses:
                 if not started:
                     started = True
                     out.ttft_ms = (time.monotonic() - ctx.arrived) * 1000
@@ -417,25 +426,33 @@ class Dispatcher:
                     out.cached_tokens = resp.usage.cached_prompt_tokens
                 yield resp
         except RouterError as e:
-            out.outcome = _outcome_of(e)
+            out.outcome = outcome_of(e)
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            out.outcome = "cancelled"
+            out.outcome = CANCELLED
             raise
         finally:
-            self.demand.done(route.deployment_id, ctx.request_id, time.monotonic())
-            self._record(route, ctx, out)
+            try:  # closed early (the client left): end the call now, not at GC
+                await responses.aclose()
+            finally:
+                self.demand.done(route.deployment_id, ctx.request_id, time.monotonic())
+                self._record(route, ctx, out)
 
-    async def predict(self, route: Route, payload: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
+    async def predict(self, route: Route, payload: bytes, ctx: RequestContext
+                      ) -> AsyncGenerator[bytes, None]:
         """Call a python-model deployment, with generate's failover rule."""
         request = runtime_pb2.PredictRequest(request_id=ctx.request_id, json_input=payload)
         self.demand.arrive(route.deployment_id, ctx.request_id, 0, time.monotonic())
+        responses = self._with_failover(route, [], ctx, RequestSummary(),
+                                        lambda stub: stub.Predict(request))
         try:
-            async for resp in self._with_failover(route, [], ctx, RequestSummary(),
-                                                  lambda stub: stub.Predict(request)):
+            async for resp in responses:
                 yield resp.json_output
         finally:
-            self.demand.done(route.deployment_id, ctx.request_id, time.monotonic())
+            try:
+                await responses.aclose()
+            finally:
+                self.demand.done(route.deployment_id, ctx.request_id, time.monotonic())
 
     def demand_reports(self, router_id: str, deployment_ids: list[str]
                        ) -> list[deploy_pb2.DemandReport]:
@@ -453,11 +470,12 @@ class Dispatcher:
         return out
 
     def _record(self, route: Route, ctx: RequestContext, out: RequestSummary) -> None:
+        """The request's one RequestRecord: published, and handed to the access entry."""
         e2e_ms = (time.monotonic() - ctx.arrived) * 1000
         metrics.REQUESTS.labels(deployment=route.deployment_id, outcome=out.outcome).inc()
         if out.ttft_ms:
             metrics.TTFT.labels(deployment=route.deployment_id).observe(out.ttft_ms / 1000)
-        if self.publish is None:
+        if self.publish is None and ctx.access is None:
             return
         rec = deploy_pb2.RequestRecord(
             request_id=ctx.request_id, deployment_id=route.deployment_id,
@@ -466,14 +484,7 @@ class Dispatcher:
             cached_tokens=out.cached_tokens, outcome=out.outcome, ts=time.time(),
             model=route.deployment.model, lora_name=route.lora_name or "", e2e_ms=e2e_ms,
         )
-        self.publish(subjects.requests(route.deployment_id), rec.SerializeToString())
-
-
-def _outcome_of(e: RouterError) -> str:
-    if isinstance(e, BadRequest):
-        return "client_error"
-    if isinstance(e, QueueFull):
-        return "rejected"
-    if isinstance(e, NoReplica):
-        return "timeout"
-    return "replica_error"
+        if ctx.access is not None:
+            ctx.access.record = rec
+        if self.publish is not None:
+            self.publish(subjects.requests(route.deployment_id), rec.SerializeToString())

@@ -8,6 +8,11 @@ chat template) and sent through the dispatcher, so routing, queueing and failove
 verifier, every RPC but grpc.health.v1 needs an API key in metadata `authorization`
 (`Bearer <key>` or `Api-Key <key>`). Never import this module into a process that imports
 tritonclient (both register the `inference.*` protobuf symbols).
+
+Each inference request (a ModelInfer call, each request on a ModelStreamInfer stream, a call
+refused for its key) writes the HTTP door's access line (`access_log.py`), with method `GRPC`,
+the RPC's path as its route and, as its status, the HTTP status the same outcome has on the
+HTTP door (200 when served), so one query reads both doors.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from basalt.kserve.server import (
 from basalt.log import get_logger
 from basalt.pb import kserve_pb2 as pb
 from basalt.pb import kserve_pb2_grpc, runtime_pb2
+from services.router.core.access import AccessEntry
 from services.router.core.deployments import DeploymentTable, Route
 from services.router.core.errors import (
     AuthUnavailable,
@@ -48,9 +54,10 @@ from services.router.core.errors import (
     Unauthorized,
 )
 from services.router.core.ratelimit import KeyLimits
-from services.router.status_codes import grpc_code
+from services.router.status_codes import grpc_code, http_status
 
 from . import metrics
+from .access_log import write_access
 from .dispatch import Dispatcher, RequestContext
 from .tokenizers import Tokenizers
 
@@ -60,6 +67,9 @@ KSERVE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_nam
 SERVICE_NAMES = (KSERVE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
 OPEN_METHOD_PREFIX = f"/{health.SERVICE_NAME}/"  # probes carry no key, as HTTP's /health
 STOP_GRACE_S = 1.0
+GRPC_METHOD = "GRPC"  # an access line's method on this door
+INFER_ROUTE = f"/{KSERVE_SERVICE}/ModelInfer"
+STREAM_ROUTE = f"/{KSERVE_SERVICE}/ModelStreamInfer"
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -69,6 +79,18 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, InvalidInput):
         return grpc.StatusCode.INVALID_ARGUMENT, exc.message
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def note_failure(entry: AccessEntry | None, exc: BaseException) -> None:
+    """The failure on the request's access entry, as the HTTP door would answer it."""
+    if entry is None:
+        return
+    if isinstance(exc, RouterError):
+        entry.refused(http_status(exc), exc)
+    elif isinstance(exc, InvalidInput):
+        entry.refused(400, code="invalid_input")
+    else:
+        entry.refused(500, code="internal_error")
 
 
 def with_lora(route: Route, lora_name: str | None) -> Route:
@@ -94,8 +116,10 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         self, table: DeploymentTable, dispatcher: Dispatcher, tokenizers: Tokenizers,
         region_header: str = "x-basalt-region", session_header: str = "x-session-id",
         verifier: KeyVerifier | None = None, limits: KeyLimits | None = None,
+        access_log: bool = True,
     ) -> None:  # fmt: skip
         self.verifier = verifier
+        self.access_log = access_log
         self.limits = limits or KeyLimits()
         self.table = table
         self.dispatcher = dispatcher
@@ -137,19 +161,24 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        ctx = self._context(context)
+        ctx = self._context(context, INFER_ROUTE)
         try:
-            values: list[bytes] = []
-            output = codec.LLM_OUTPUT
-            async for output, (chunk, _) in self._responses(request, ctx, streaming=False):
-                values.extend(chunk)
-            return codec.bytes_response(request, request.model_name, output, values, None)
-        except Exception as e:  # noqa: BLE001  (every failure becomes a gRPC status)
-            failure = e
-        code, message = status_for(failure)
-        log_failure(ctx.request_id, code, message, failure)
-        await context.abort(code, message)
-        raise AssertionError("unreachable: context.abort raises")
+            try:
+                values: list[bytes] = []
+                output = codec.LLM_OUTPUT
+                async for output, (chunk, _) in self._responses(request, ctx, streaming=False):
+                    values.extend(chunk)
+                return codec.bytes_response(request, request.model_name, output, values, None)
+            except Exception as e:  # noqa: BLE001  (every failure becomes a gRPC status)
+                failure = e
+            code, message = status_for(failure)
+            note_failure(ctx.access, failure)
+            log_failure(ctx.request_id, code, message, failure)
+            await context.abort(code, message)
+            raise AssertionError("unreachable: context.abort raises")
+        finally:
+            if ctx.access is not None:
+                write_access(ctx.access)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -159,7 +188,7 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         def handle(
             req: pb.ModelInferRequest, emit: Callable[[pb.ModelStreamInferResponse], None]
         ) -> Coroutine[Any, Any, None]:
-            return self._stream_one(req, self._context(context), emit)
+            return self._stream_one(req, self._context(context, STREAM_ROUTE), emit)
 
         async with aclosing(interleave(request_iterator, handle)) as responses:
             async for resp in responses:
@@ -174,24 +203,40 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
                 emit(codec.stream_response(req, req.model_name, output, response))
         except Exception as e:  # noqa: BLE001  (reported on the stream, which goes on)
             code, message = status_for(e)
+            note_failure(ctx.access, e)
             log_failure(ctx.request_id, code, message, e)
             emit(codec.stream_error(req, req.model_name, message))
+        finally:
+            if ctx.access is not None:
+                write_access(ctx.access)
 
-    def _context(self, context: Any) -> RequestContext:
+    def _context(self, context: Any, rpc: str) -> RequestContext:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        rid = f"kserve-{uuid.uuid4().hex}"
+        access = None
+        if self.access_log:
+            access = AccessEntry(rid, GRPC_METHOD, rpc, time.perf_counter(),
+                                 stream=rpc == STREAM_ROUTE)
         return RequestContext(
-            request_id=f"kserve-{uuid.uuid4().hex}",
+            request_id=rid,
             client_region=metadata.get(self.region_header),
             session_key=metadata.get(self.session_header),
             authorization=metadata.get("authorization"),
+            access=access,
         )
 
     async def _responses(
         self, req: pb.ModelInferRequest, ctx: RequestContext, streaming: bool
     ) -> AsyncIterator[tuple[str, Response]]:
         """(output name, response) per response to send."""
+        if ctx.access is not None:
+            ctx.access.model = req.model_name
         route = self._route(req.model_name)
+        if ctx.access is not None:
+            ctx.access.deployment = route.deployment_id
         key_id = await self._authorize(ctx.authorization, route)
+        if ctx.access is not None and key_id:
+            ctx.access.key_id = key_id
         try:
             async for item in self._served(route, req, ctx, streaming):
                 yield item
@@ -273,8 +318,9 @@ def _refusing(handler: grpc.RpcMethodHandler, error: RouterError) -> grpc.RpcMet
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """Refuses an RPC without a valid key in metadata `authorization` before its handler runs."""
 
-    def __init__(self, verifier: KeyVerifier) -> None:
+    def __init__(self, verifier: KeyVerifier, access_log: bool = True) -> None:
         self.verifier = verifier
+        self.access_log = access_log
 
     async def intercept_service(
         self,
@@ -291,9 +337,20 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                     key_from_header(header if isinstance(header, str) else None)):
                 return handler
         except KeyStoreUnavailable as e:
-            return _refusing(handler, AuthUnavailable(str(e)))
-        log.info("kserve_unauthenticated", method=details.method, key_given=bool(header))
-        return _refusing(handler, Unauthorized("missing or invalid API key"))
+            return self._refused(handler, details.method, AuthUnavailable(str(e)))
+        if not self.access_log:  # else the access line says it
+            log.info("kserve_unauthenticated", method=details.method, key_given=bool(header))
+        return self._refused(handler, details.method, Unauthorized("missing or invalid API key"))
+
+    def _refused(self, handler: grpc.RpcMethodHandler, method: str,
+                 error: RouterError) -> grpc.RpcMethodHandler:
+        """A refusing handler; an inference call refused also writes its access line."""
+        if self.access_log and method in (INFER_ROUTE, STREAM_ROUTE):
+            entry = AccessEntry(f"kserve-{uuid.uuid4().hex}", GRPC_METHOD, method,
+                                time.perf_counter(), stream=method == STREAM_ROUTE)
+            entry.refused(http_status(error), error)
+            write_access(entry)
+        return _refusing(handler, error)
 
 
 # ---- the server ------------------------------------------------------------------------------
@@ -329,7 +386,8 @@ async def start_kserve_server(
     verifier: KeyVerifier | None,
 ) -> int:  # fmt: skip
     """Start the KServe v2 gRPC server on settings.grpc_host:grpc_port; returns the bound port."""
-    interceptors = [ApiKeyInterceptor(verifier)] if verifier is not None else []
+    access_log = bool(getattr(settings, "access_log", True))
+    interceptors = [ApiKeyInterceptor(verifier, access_log)] if verifier is not None else []
     # Per HTTP/2 connection: at most this many calls at once (ModelStreamInfer also bounds
     # the requests in flight on one stream, basalt.kserve.server.interleave).
     options = [("grpc.max_concurrent_streams", int(getattr(settings, "max_streams_per_connection", 100)))]
@@ -337,7 +395,7 @@ async def start_kserve_server(
     servicer = RouterKServeServicer(
         table, dispatcher, tokenizers,
         getattr(settings, "region_header", "x-basalt-region"),
-        getattr(settings, "session_header", "x-session-id"), verifier,
+        getattr(settings, "session_header", "x-session-id"), verifier, access_log=access_log,
     )  # fmt: skip
     kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

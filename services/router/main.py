@@ -106,7 +106,8 @@ async def run(s: RouterSettings) -> int:
     app = create_app(AppState(table, dispatcher, tokenizers, verifier,
                               s.region_header.lower(), s.session_header.lower(),
                               s.max_body_bytes,
-                              worker=str(s.worker_index) if s.worker_index >= 0 else ""))
+                              worker=str(s.worker_index) if s.worker_index >= 0 else "",
+                              access_log=s.access_log))
     kserve_port = await start_kserve_server(s, table, dispatcher, tokenizers, verifier)
     metrics_port = serve_metrics(s.metrics_host, s.metrics_port)
     server = uvicorn.Server(uvicorn.Config(app, host=s.http_host, port=s.http_port,
@@ -121,12 +122,13 @@ async def run(s: RouterSettings) -> int:
     http_port = server.servers[0].sockets[0].getsockname()[1]
     tokenizers.start_helper(table.deployments())  # in the background, now that we serve
     heap.freeze()  # transformers and the tokenizers: no full-GC pause mid-stream
+    metrics_at = f"{s.metrics_host}:{metrics_port}"
     log.info("router_ready", http=f"{s.http_host}:{http_port}", kserve_grpc=kserve_port,
-             metrics=metrics_port, auth=s.auth)
+             metrics=metrics_at, auth=s.auth, access_log=s.access_log)
     if s.ready_file:
         tmp = Path(s.ready_file).with_suffix(".tmp")
-        tmp.write_text(json.dumps(
-            {"http_port": http_port, "grpc_port": kserve_port, "metrics_port": metrics_port}))
+        tmp.write_text(json.dumps({"http_port": http_port, "grpc_port": kserve_port,
+                                   "metrics_port": metrics_port, "metrics": metrics_at}))
         tmp.replace(s.ready_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

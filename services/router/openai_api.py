@@ -5,33 +5,32 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from basalt.apikeys import KeyVerifier, allows_model
 from basalt.log import bind_request_id, clear_request_id, get_logger
 from basalt.pb import runtime_pb2
-from services.router.core.deployments import DeploymentTable, Route
+from services.router.core.deployments import DeploymentTable, Route, is_llm
 from services.router.core.errors import (
     BadRequest,
     Forbidden,
     ModelNotFound,
-    QueueFull,
-    RateLimited,
     RouterError,
 )
-from services.router.core.ratelimit import KeyLimits, retry_after_header
-from services.router.status_codes import http_status
+from services.router.core.ratelimit import KeyLimits
 
 from . import metrics
+from .access_log import write_access
 from .body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from .dispatch import Dispatcher, RequestContext
+from .docs_page import add_docs
+from .http_errors import add_error_handlers, entry_of, error_response
 from .key_auth import KeyAuth
 from .openai_types import ChatCompletionRequest, CompletionRequest, _Sampling
 from .tokenizers import Tokenizers
@@ -59,40 +58,19 @@ class AppState:
     limits: KeyLimits = field(default_factory=KeyLimits)
     # This router worker's index (`--workers`), sent as x-basalt-router-worker; "" alone.
     worker: str = ""
-
-
-def _error(e: RouterError) -> JSONResponse:
-    headers = ({"retry-after": retry_after_header(e.retry_after_s)}
-               if isinstance(e, RateLimited | QueueFull) else None)
-    return JSONResponse(e.body(), status_code=http_status(e), headers=headers)
+    # One access-log line per request (`--access-log`).
+    access_log: bool = True
 
 
 def create_app(state: AppState) -> FastAPI:
-    app = FastAPI(title="basalt router", docs_url=None, redoc_url=None)
+    app = FastAPI(title="basalt router", docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
     app.add_middleware(BodyLimit, max_bytes=state.max_body_bytes)  # type: ignore[arg-type]
     # Outermost (added last): the key is checked before the body is read.
     app.add_middleware(KeyAuth, verifier=state.verifier, limits=state.limits,  # type: ignore[arg-type]
-                       error=_error)
-
-    @app.exception_handler(RouterError)
-    async def _router_error(_: Request, e: RouterError) -> JSONResponse:
-        return _error(e)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        """FastAPI's own refusals (a body it cannot decode, no such route or method) in the
-        OpenAI error shape, with their status."""
-        kind = "invalid_request_error" if e.status_code < 500 else "server_error"
-        body = {"error": {"message": str(e.detail), "type": kind, "param": None,
-                          "code": {404: "not_found", 405: "method_not_allowed"}.get(
-                              e.status_code)}}
-        return JSONResponse(body, status_code=e.status_code, headers=e.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(x) for x in err['loc'] if x != 'body')}: {err['msg']}"
-                 for err in e.errors()]
-        return _error(BadRequest("; ".join(parts) or "invalid request body"))
+                       error=error_response, access=write_access if state.access_log else None)
+    add_error_handlers(app)
+    add_docs(app)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -100,9 +78,11 @@ def create_app(state: AppState) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
+        """What chat and completions can serve: active deployments of LLM engines (a python
+        model answers POST /v1/models/{name}/predict, so it is not listed here)."""
         rec = request.state.api_key
         data = [{"id": name, "object": "model", "created": 0, "owned_by": owner}
-                for name, owner in state.table.model_names()
+                for name, owner in state.table.model_names(llm=True)
                 if rec is None or allows_model(rec, name)]
         return {"object": "list", "data": data}
 
@@ -149,18 +129,25 @@ def create_app(state: AppState) -> FastAPI:
         stream = state.dispatcher.predict(route, raw, ctx)
         first = await anext(stream)
         headers = {"x-basalt-replica": ctx.replica_id, "x-request-id": ctx.request_id}
+        if ctx.access is not None:
+            ctx.access.replica = ctx.replica_id
         try:
             second = await anext(stream)
         except StopAsyncIteration:
             return Response(first, media_type="application/json", headers=headers)
 
-        async def lines() -> AsyncIterator[bytes]:
-            yield first + b"\n"
-            yield second + b"\n"
-            async for item in stream:
-                yield item + b"\n"
+        async def lines() -> AsyncGenerator[bytes, None]:
+            try:
+                yield first + b"\n"
+                yield second + b"\n"
+                async for item in stream:
+                    yield item + b"\n"
+            finally:
+                await stream.aclose()
 
-        return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
+        if ctx.access is not None:
+            ctx.access.stream = True
+        return _Streaming(lines(), stream, media_type="application/x-ndjson", headers=headers)
 
     return app
 
@@ -183,27 +170,37 @@ def _check_length(state: AppState, route: Route, field_name: str, chars: int) ->
 
 def _resolve(state: AppState, name: str, llm: bool = True,
              request: Request | None = None) -> Route:
+    entry = entry_of(request) if request is not None else None
+    if entry is not None:
+        entry.model = name
     route = state.table.resolve(name)
     if route is None:
-        raise ModelNotFound(name)
+        raise ModelNotFound(name, param="model" if llm else None)
+    if entry is not None:
+        entry.deployment = route.deployment_id
     rec = request.state.api_key if request is not None else None
     if rec is not None and not allows_model(rec, route.deployment.model):
         raise Forbidden(name)
-    is_python = route.deployment.spec.engine == "python"
-    if llm and is_python:
-        raise BadRequest(f"model {name!r} is a python model: POST /v1/models/{name}/predict")
-    if not llm and not is_python:
+    if llm and not is_llm(route.deployment):
+        raise BadRequest(f"model {name!r} is a python model: POST /v1/models/{name}/predict",
+                         param="model")
+    if not llm and is_llm(route.deployment):
         raise BadRequest(f"model {name!r} is an LLM: use /v1/chat/completions or /v1/completions")
     return route
 
 
 def _context(state: AppState, request: Request) -> RequestContext:
-    rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+    """The dispatcher's view of the request: its id is the access entry's (from
+    x-request-id, or made at the door), and the entry receives the request's record."""
+    entry = entry_of(request)
+    rid = entry.request_id if entry is not None else (
+        request.headers.get("x-request-id") or uuid.uuid4().hex)
     bind_request_id(rid)
     return RequestContext(
         request_id=rid,
         client_region=request.headers.get(state.region_header),
         session_key=request.headers.get(state.session_header),
+        access=entry,
     )
 
 
@@ -226,6 +223,8 @@ async def _serve(
     max_tokens: int, chat: bool,
 ) -> Response:
     ctx = _context(state, request)
+    if ctx.access is not None:
+        ctx.access.stream = bool(body.stream)
     stream = state.dispatcher.generate(route, prompt, _sampling(body, max_tokens), ctx)
     fmt = _Format(ctx.request_id, body.model, chat)
     try:
@@ -240,8 +239,29 @@ async def _serve(
     if not body.stream:
         return JSONResponse(await fmt.whole(first, stream, len(prompt)), headers=headers)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(fmt.sse(first, stream, include_usage, len(prompt)),
-                             media_type="text/event-stream", headers=headers)
+    return _Streaming(fmt.sse(first, stream, include_usage, len(prompt)), stream,
+                      media_type="text/event-stream", headers=headers)
+
+
+class _Streaming(StreamingResponse):
+    """A StreamingResponse that closes its body and the dispatcher's stream under it when it
+    ends, however it ends. A client that leaves cancels the relay between two chunks, or
+    before the first; both are then closed here, at once, not when the garbage collector
+    finds them: the request is recorded `cancelled` and its access line written with that
+    record, before the response returns."""
+
+    def __init__(self, content: AsyncGenerator[bytes, None], source: AsyncGenerator[Any, None],
+                 **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self.content = content
+        self.source = source
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.content.aclose()
+            await self.source.aclose()  # (already closed by the content, unless it never ran)
 
 
 class _Format:
@@ -303,8 +323,9 @@ class _Format:
 
     async def sse(
         self, first: runtime_pb2.GenerateResponse,
-        stream: AsyncIterator[runtime_pb2.GenerateResponse], include_usage: bool, prompt_len: int,
-    ) -> AsyncIterator[bytes]:
+        stream: AsyncGenerator[runtime_pb2.GenerateResponse, None], include_usage: bool,
+        prompt_len: int,
+    ) -> AsyncGenerator[bytes, None]:
         last, n = first, len(first.token_ids)
         relay = metrics.PHASE_RELAY
         # The chunk carrying the finish reason is the replica's last: it goes out with the
@@ -335,6 +356,8 @@ class _Format:
             log.warning("stream_failed", error=e.message)
             yield held + b"data: " + json.dumps(e.body()).encode() + b"\n\ndata: [DONE]\n\n"
             return
+        finally:  # a client that left closes this at a yield: close the dispatcher's stream
+            await stream.aclose()
         tail = [held]
         if include_usage:
             obj = "chat.completion.chunk" if self.chat else "text_completion"

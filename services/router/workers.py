@@ -8,6 +8,9 @@ repeated prefix to the replica that holds it. This process only supervises: it p
 ports, starts the workers, writes the ready file once all are serving, restarts a worker that
 dies, and stops them all on SIGTERM.
 
+Each worker serves its own /metrics: `--metrics-port` + its index (9101, 9102, ... by
+default), or a free port each with `--metrics-port 0`; the ready file lists them.
+
 A worker's own queue and in-flight counts are its own: with N workers, a deployment's
 `queue_limit` is per worker, and each worker's load view adds only the work it routed itself
 to the replicas' load reports (which carry everyone's).
@@ -135,12 +138,14 @@ def supervise(s: RouterSettings, argv: list[str]) -> int:
         grpc_sock.close()
         ports = [json.loads(w.ready.read_text()) for w in workers]
         log.info("router_workers_ready", workers=len(workers), http=f"{s.http_host}:{http_port}",
-                 kserve_grpc=grpc_port)
+                 kserve_grpc=grpc_port, metrics=[p.get("metrics") for p in ports])
         if s.ready_file:
             _write_ready(Path(s.ready_file), {
                 "http_port": http_port, "grpc_port": grpc_port,
                 "metrics_port": ports[0]["metrics_port"],
                 "metrics_ports": [p["metrics_port"] for p in ports],
+                "metrics": ports[0].get("metrics"),
+                "metrics_addresses": [p.get("metrics") for p in ports],
                 "workers": len(workers), "pids": [w.proc.pid for w in workers if w.proc]})
         while not stopping:
             time.sleep(0.2)

@@ -1,6 +1,7 @@
 """The router's HTTP door under big requests (the app served in-process over ASGI, a real
 tokenizer): a body past the limit gets 413 before it is parsed, declared or chunked, and a
-long prompt is tokenized off the event loop, so /health answers meanwhile."""
+long prompt is tokenized off the event loop, so /health answers meanwhile; a bug is still a
+500 in the OpenAI error shape, and its access entry says 500."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.responses import JSONResponse
 
 from basalt.pb import deploy_pb2
+from services.router.core.access import AccessEntry
 from services.router.core.deployments import DeploymentTable
 from services.router.core.fleet import Fleet
 from services.router.core.index import PrefixIndex
+from services.router.core.ratelimit import KeyLimits
 from services.router.core.types import PolicyConfig, RegionLatency
 from services.router.dispatch import Channels, Dispatcher
+from services.router.key_auth import KeyAuth
 from services.router.openai_api import AppState, create_app
 from services.router.tokenizers import Tokenizers
 
@@ -106,3 +111,48 @@ async def test_health_answers_while_a_long_prompt_is_tokenized(tiny_model: Path)
     assert health.status_code == 200
     assert len(tokenizers.encoded_at) == 2
     assert answered < tokenizers.encoded_at[1], "/health waited for the tokenizer"
+
+
+class _BrokenTokenizers(Tokenizers):
+    """The real tokenizers, but encode fails as a bug would (not a RouterError)."""
+
+    async def encode(self, dep: deploy_pb2.DeploymentRecord, text: str) -> Any:
+        raise RuntimeError("a bug in the door")
+
+
+async def test_a_bug_is_answered_500_in_the_openai_shape_and_logged_500() -> None:
+    table = DeploymentTable()
+    table.put_deployment(deploy_pb2.DeploymentRecord(
+        id="b-v1", model="b", status=deploy_pb2.DEPLOYMENT_STATUS_ACTIVE,
+        spec=deploy_pb2.DeploymentSpec(engine="sim")))
+    dispatcher = Dispatcher(Fleet(), PrefixIndex(), Channels(), region="local",
+                            latency=RegionLatency(), base_policy=PolicyConfig())
+    app = create_app(AppState(table, dispatcher, _BrokenTokenizers(0), None))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+        r = await client.post("/v1/completions", json={"model": "b", "prompt": "hi"})
+    assert r.status_code == 500
+    assert r.json() == {"error": {"message": "internal error", "type": "server_error",
+                                  "param": None, "code": "internal_error"}}
+
+    entries: list[AccessEntry] = []
+
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("a bug behind the key check")
+
+    door = KeyAuth(broken, None, KeyLimits(), lambda e: JSONResponse(e.body()),
+                   access=entries.append)
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions",
+             "headers": [(b"x-request-id", b"bug-1")]}
+    with pytest.raises(RuntimeError):
+        await door(scope, _no_body, _discard)
+    assert [(e.request_id, e.status, e.outcome, e.error) for e in entries] == [
+        ("bug-1", 500, "error", "internal_error")]
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _discard(message: dict[str, Any]) -> None:
+    return None

@@ -190,6 +190,42 @@ def test_python_model_takes_a_json_document_and_returns_json(stack: Stack) -> No
     )
 
 
+def _access_lines(router: RouterProcess) -> list[dict]:
+    lines = []
+    for raw in router.log_path.read_text(errors="replace").splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if line.get("event") == "access":
+            lines.append(line)
+    return lines
+
+
+def test_each_inference_request_writes_an_access_line(stack: Stack) -> None:
+    prompt = "a kserve prompt that no log may hold"
+    out = stack.triton(client_infer, stack.open, CHAT, [text(prompt), _max_tokens(3)])
+    assert out.get("outputs"), out
+    stack.triton(client_infer, stack.open, "no-such-model-logged", [text("x")])
+    open_router, auth_router = stack.routers
+    lines = _access_lines(open_router)
+    served = [ln for ln in lines if ln["route"].endswith("/ModelInfer") and ln["model"] == CHAT
+              and ln["tokens"] and ln["tokens"]["output"] == 3]
+    assert served, lines[-5:]
+    line = served[-1]
+    assert (line["method"], line["status"], line["outcome"]) == ("GRPC", 200, "ok")
+    assert line["deployment"] == "ks-chat-v1" and line["replica"] == "ks-chat-a"
+    missing = [ln for ln in lines if ln["model"] == "no-such-model-logged"][-1]
+    assert (missing["status"], missing["error"]) == (404, "model_not_found")
+    assert prompt not in open_router.log_path.read_text(errors="replace")
+    refused = stack.triton(client_infer, stack.auth, CHAT, [text("x")], None,
+                           headers={"authorization": "Bearer bsk_x.y"})
+    assert "UNAUTHENTICATED" in refused["status"]
+    assert any(ln["status"] == 401 and ln["route"].endswith("/ModelInfer")
+               for ln in _access_lines(auth_router))
+    assert "bsk_x.y" not in auth_router.log_path.read_text(errors="replace")
+
+
 async def test_api_keys_guard_every_kserve_call_but_grpc_health(stack: Stack, nc) -> None:
     def call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         return asyncio.to_thread(stack.triton, fn, stack.auth, *args, **kwargs)

@@ -127,8 +127,9 @@ def test_openai_completions_non_stream_and_stream(stack) -> None:
 def test_models_lists_models_and_adapters(stack) -> None:
     router = stack[0]
     ids = {m.id for m in _client(router).models.list()}
-    assert {"chat", "base-l", "ad1", "ad2", "geo", "echo"} <= ids
-    assert "empty" in ids
+    assert {"chat", "base-l", "ad1", "ad2", "geo"} <= ids
+    assert "empty" in ids, "no replica ready, still served (a request waits for one)"
+    assert not ids & {"echo", "py-v1"}, "a python model is served by the predict route only"
 
 
 def test_sse_wire_format_ends_with_done(stack) -> None:

@@ -15,6 +15,13 @@ from basalt.pb import deploy_pb2
 
 PRODUCTION = "production"
 ACTIVE = deploy_pb2.DEPLOYMENT_STATUS_ACTIVE
+# The engine whose models answer the predict route, not chat or completions.
+PYTHON_ENGINE = "python"
+
+
+def is_llm(rec: deploy_pb2.DeploymentRecord) -> bool:
+    """Whether the deployment chats and completes (vllm, trtllm, sim), else it predicts."""
+    return rec.spec.engine != PYTHON_ENGINE
 
 
 @dataclass(slots=True, frozen=True)
@@ -71,17 +78,21 @@ class DeploymentTable:
                 return Route(rec, lora_name=name)
         return None
 
-    def model_names(self) -> list[tuple[str, str]]:
-        """(name, owned_by) for /v1/models: models, environments, deployments, adapters."""
+    def model_names(self, llm: bool | None = None) -> list[tuple[str, str]]:
+        """(name, owned_by) of what can serve now: the active deployments' models,
+        environments, ids and adapters. `llm` True: only those that chat and complete (what
+        /v1/models lists); False: only python models (the predict route's); None: all.
+        An active deployment scaled to zero stays: a request wakes it."""
         names: dict[str, str] = {}
         for rec in self._deployments.values():
-            if rec.status != ACTIVE:
+            if rec.status != ACTIVE or (llm is not None and is_llm(rec) != llm):
                 continue
             names.setdefault(rec.model, "basalt")
             names.setdefault(rec.id, rec.model)
             for adapter in rec.spec.loras:
                 names.setdefault(adapter.name, rec.model)
         for (model, env), dep in self._environments.items():
-            if self._active(dep):
+            target = self._active(dep)
+            if target is not None and (llm is None or is_llm(target) == llm):
                 names.setdefault(f"{model}@{env}", model)
         return sorted(names.items())

@@ -9,12 +9,14 @@ class RouterError(Exception):
     type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # The request field at fault, where one is (OpenAI's `param`).
+        self.param = param
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": None,
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
 
 
@@ -60,8 +62,8 @@ class ModelNotFound(RouterError):
     type = "invalid_request_error"
     code = "model_not_found"
 
-    def __init__(self, model: str) -> None:
-        super().__init__(f"The model `{model}` does not exist or is not active.")
+    def __init__(self, model: str, param: str | None = None) -> None:
+        super().__init__(f"The model `{model}` does not exist or is not active.", param)
         self.model = model
 
 
