@@ -3,7 +3,8 @@ allow list, and the nats-server configuration that enforces them (no I/O).
 
 Roles:
 - `mcm`: the control plane; writes deployments, environments and scale-applied markers,
-  publishes and consumes scale commands, reads replica records and API keys.
+  publishes and consumes scale commands, reads replica records and API keys; subscribes to
+  request records (the dashboard's traffic feed).
 - `router`: reads deployments, environments, replica records and API keys; subscribes to
   KV events and load reports; publishes request records. Writes nothing shared.
 - `runtime`: publishes KV events and load reports and writes replica records. It cannot
@@ -84,7 +85,7 @@ def permissions(role: str, public_key: str) -> Permissions:
             *_read_bucket(b.AUTOSCALER_BUCKET), *_read_bucket(b.WEIGHTS_BUCKET),
             *_stream(b.WEIGHTS_STREAM), b.WEIGHTS_FETCH_ALL,
         ]
-        sub: list[str] = []
+        sub: list[str] = [b.REQUESTS_ALL]
     elif role == "router":
         pub = [
             *_read_bucket(b.DEPLOYMENTS_BUCKET), *_read_bucket(b.ENVIRONMENTS_BUCKET),

@@ -1,5 +1,6 @@
 """The mcm process: parse settings, open the store, build the provider, run the deployments
-API, the reconcile loop and the scale-command consumer until SIGTERM (does I/O).
+API (with the dashboard and its traffic feed), the reconcile loop and the scale-command
+consumer until SIGTERM (does I/O).
 
 On exit, replicas are left running by default: the owner id is kept in `<state-dir>/owner`
 and the provider's replica handles and logs (`<id>.log`, read by `basalt logs`) beside it, so
@@ -30,6 +31,8 @@ from basalt.metrics import serve_metrics
 from basalt.secretfiles import read_secret
 
 from .config import McmSettings, ProviderKind
+from .core.health import ControlState
+from .dashboard import Traffic, install
 from .providers import LocalProvider, Provider, SimCloudProvider
 from .reconciler import Reconciler, ReconcilerSettings
 from .scale import ScaleConsumer
@@ -79,8 +82,11 @@ def runtime_env(s: McmSettings) -> dict[str, str]:
 
 def build_app(store: Store, nc: Client, verifier: apikeys.KeyVerifier | None,
               cluster_status: Callable[[], list[dict[str, Any]]],
-              model_roots: list[str] | None = None) -> Any:
-    """The deployments API; a bare /health app while `services.mcm.api` is not there."""
+              model_roots: list[str] | None = None,
+              health: Callable[[], ControlState] | None = None,
+              traffic: Traffic | None = None) -> Any:
+    """The deployments API, with the dashboard and the traffic routes when `traffic` is
+    given; a bare /health app while `services.mcm.api` is not there."""
     try:
         from .api import create_app
     except ImportError:
@@ -90,8 +96,11 @@ def build_app(store: Store, nc: Client, verifier: apikeys.KeyVerifier | None,
         app = FastAPI(title="basalt mcm")
         app.get("/health")(lambda: {"status": "ok"})
         return app
-    return create_app(store, nc=nc, verifier=verifier, cluster_status=cluster_status,
-                      model_roots=model_roots)
+    app = create_app(store, nc=nc, verifier=verifier, cluster_status=cluster_status,
+                     model_roots=model_roots, health=health)
+    if traffic is not None:
+        install(app, traffic, verifier)
+    return app
 
 
 async def _poke_on_deployment_changes(store: Store, reconciler: Reconciler) -> None:
@@ -155,14 +164,18 @@ async def run(s: McmSettings) -> int:
         store, await bus.replicas_bucket(nc), provider, owner,
         ReconcilerSettings(nats_url=s.nats_url, block_ttl_s=s.block_ttl,
                            launch_timeout_s=s.launch_timeout, stale_after_s=s.stale_after,
-                           replica_secret=secret, runtime_env=runtime_env(s)),
+                           replica_secret=secret, runtime_env=runtime_env(s),
+                           backoff_base_s=s.backoff_base, max_failures=s.max_start_failures),
         weights=await WeightsClient.open(nc),
     )
     scale = await ScaleConsumer.open(nc, store, on_applied=lambda _cmd: reconciler.poke())
     verifier = None
     if s.auth:
         verifier = apikeys.KeyVerifier(await bus.kv_bucket(nc, subjects.API_KEYS_BUCKET))
-    app = build_app(store, nc, verifier, reconciler.cluster_status, s.model_roots or None)
+    traffic = Traffic(nc)
+    await traffic.start()
+    app = build_app(store, nc, verifier, reconciler.cluster_status, s.model_roots or None,
+                    health=reconciler.deployment_health, traffic=traffic)
     server, serve_task, http_port = await _serve(app, s)
     loops = [asyncio.create_task(reconciler.run(s.reconcile_period)),
              asyncio.create_task(scale.run())]
@@ -190,6 +203,7 @@ async def run(s: McmSettings) -> int:
         task.cancel()
     await asyncio.gather(serve_task, watch, *loops, return_exceptions=True)
     await reconciler.close(stop_replicas=s.stop_replicas_on_exit)
+    await traffic.stop()
     await _disconnect(nc)
     log.info("mcm_stopped")
     return 0
