@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TINY_MODEL := .basalt/models/tiny-llama
 PYTEST_ARGS ?=
 
-.PHONY: setup up test test-fast lint proto bench-runtime bench-routing bench-index clean
+.PHONY: setup up test test-fast lint proto bench-runtime bench-routing bench-index clean distclean
 
 setup: $(STAMP) $(TINY_MODEL)/config.json
 
@@ -48,5 +48,13 @@ bench-index: setup
 bench-routing: setup
 	$(VENV)/bin/basalt bench routing --markdown docs/benchmarks.md
 
+# The local stack's state (NATS data, control-plane state, logs, keys, secrets), keeping
+# .basalt/models and the virtualenv (refused while `basalt up` runs: `basalt down` first).
 clean:
+	@if [ -x $(VENV)/bin/basalt ]; then $(VENV)/bin/basalt reset --yes; \
+	elif [ -d .basalt ]; then find .basalt -mindepth 1 -maxdepth 1 ! -name models -exec rm -rf {} +; fi
+	rm -rf .pytest_cache
+
+# Everything `make setup` and `basalt up` made: the virtualenv, the models, all state.
+distclean:
 	rm -rf $(VENV) .basalt .pytest_cache

@@ -9,6 +9,9 @@ from pathlib import Path
 # `basalt up`'s admin NATS credentials (key administration), from the repository root.
 ADMIN_CREDS = Path(".basalt") / "secrets" / "nats" / "admin.nk"
 
+# The commands basalt_cli.ctl runs (named here so that `basalt --help` imports no httpx).
+CTL_COMMANDS = ("deploy", "status", "scale", "wake", "promote", "activate", "deactivate",
+                "delete", "logs")
 USAGE = """basalt <command> [args]
 
 commands:
@@ -22,13 +25,51 @@ commands:
   bench              run a benchmark: basalt bench {runtime,index,routing,chaos,autoscale,coldstart,serve,router} --help
   up                 start the local stack (basalt up --help)
   mcm                run the control plane (basalt mcm --help)
-  deploy FILE        create or update the deployments in a file
-  status             deployments and replicas, as tables
+  down               stop the `basalt up` running in another terminal
+  reset              remove the local stack's state (keeps the models and the virtualenv)
+  deploy FILE        create or update the deployments in a file (--wait: until they serve it)
+  status             deployments (with health), replicas and metrics ports, as tables
   scale DEP N        set a deployment's desired replicas
   wake DEP           wake a deployment scaled to zero
   promote DEP        point an environment (default production) at a deployment
+  activate DEP       serve again (a FAILED deployment: clear the failure and retry)
+  deactivate DEP     stop a deployment's replicas; it keeps its spec
+  delete MODEL|DEP   delete a model with all its deployments, or one deployment
   logs SERVICE       show a service's or a replica's log (-f to follow)
+
+basalt --version     the installed version
 """
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("basalt")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed: `make setup`)"
+
+
+def _stack(cmd: str, args: list[str]) -> int:
+    """`basalt down` and `basalt reset`: the local stack from outside it."""
+    from basalt_cli import ctl, stack
+
+    parser = argparse.ArgumentParser(prog=f"basalt {cmd}", description=(
+        "stop the `basalt up` running on the state dir (SIGTERM; it stops every service)"
+        if cmd == "down" else
+        "remove the local stack's state: NATS data, control-plane state, logs, keys, secrets, "
+        "the weight cache; keeps <state-dir>/models and the virtualenv"))
+    ctl.state_dir_arg(parser)
+    if cmd == "down":
+        parser.add_argument("--timeout", type=float, default=180.0,
+                            help="give up waiting after this many seconds")
+    else:
+        parser.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    ns = parser.parse_args(args)
+    state = ns.state_dir.resolve()
+    if cmd == "down":
+        return stack.down(state, ns.timeout)
+    return stack.reset(state, ns.yes)
 
 
 def _make_tiny_model(args: list[str]) -> int:
@@ -161,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if args else 2
+    if args[0] in ("--version", "-V"):
+        print(f"basalt {_version()}")
+        return 0
     cmd, rest = args[0], args[1:]
     if cmd == "runtime":
         from services.runtime.main import main as runtime_main
@@ -188,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         from basalt_cli.weights import main as weights_main
 
         return weights_main(rest)
-    if cmd in ("deploy", "status", "scale", "wake", "promote", "logs"):
+    if cmd in CTL_COMMANDS:
         from basalt_cli.ctl import main as ctl_main
 
         return ctl_main(cmd, rest)
+    if cmd in ("down", "reset"):
+        return _stack(cmd, rest)
     if cmd == "mcm":
         from services.mcm.main import main as mcm_main
 

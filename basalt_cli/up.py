@@ -16,13 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from basalt import bus
+from basalt.client import BasaltError, Client
 from basalt.secretfiles import write_private
+from basalt_cli import stack as local
+from basalt_cli.views import STOPPED_STATES, health_text
 from basalt_tools.natsserver import NatsCluster, NatsServer
 from basalt_tools.tlsfiles import make_tls_files
 
 REPO = Path(__file__).resolve().parent.parent
 # How many nodes hold each KV bucket and the scale stream (read where they are created).
 NATS_REPLICAS_ENV = "BASALT_NATS_REPLICAS"
+READY_FILES = ("coldstart", "mcm", "router", "autoscaler")
 DEPLOY = {"vllm": REPO / "deploy" / "local" / "tiny.yaml",
           "sim": REPO / "deploy" / "local" / "tiny-sim.yaml"}
 
@@ -86,6 +90,10 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--http-port", type=int, default=8000, help="the router's OpenAI HTTP port")
     p.add_argument("--grpc-port", type=int, default=8001, help="the router's KServe v2 gRPC port")
     p.add_argument("--mcm-port", type=int, default=8081, help="the deployments API port")
+    p.add_argument("--router-metrics-port", type=int, default=None,
+                   help="the router's Prometheus port (default: the router's, 9101; 0 = any free "
+                        "port: the banner and `basalt status` print it); the other services "
+                        "take free ports")
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--nats-tls", action="store_true",
                    help="TLS on NATS too (a private CA in <state-dir>/secrets/tls; off by "
@@ -97,33 +105,30 @@ def _progress(msg: str) -> None:
     print(f"\r\033[K{msg}", end="", flush=True)
 
 
-async def _wait_ready(nats_url: str, auth: bus.NatsAuth, deployment_id: str,
-                      timeout: float) -> None:
-    """Poll the replica records until one replica of the deployment is READY, with progress."""
-    from basalt.pb import events_pb2
-
-    nc = await bus.connect(nats_url, name="basalt-up", auth=auth)
-    bucket = await bus.replicas_bucket(nc)
+def _wait_ready(client: Client, model: str, deployment_id: str, timeout: float) -> None:
+    """Poll the deployment's view until a replica is READY, with progress; stop at once with
+    the control plane's reason when the deployment failed or cannot be placed (waiting would
+    not help: the log of the failed replica, or the cluster list, says what to fix)."""
     t0 = time.monotonic()
-    try:
-        while time.monotonic() - t0 < timeout:
-            states = []
-            try:
-                for value in (await bus.kv_items(bucket)).values():
-                    rec = events_pb2.ReplicaRecord.FromString(value)
-                    if rec.deployment == deployment_id:
-                        states.append(events_pb2.ReplicaState.Name(rec.state)[14:].lower())
-            except Exception:  # noqa: BLE001, S110 - NATS or a record not there yet: poll again
-                pass
-            if "ready" in states:
-                _progress(f"replica ready after {time.monotonic() - t0:.0f}s\n")
-                return
-            shown = ", ".join(states) or "starting"
-            _progress(f"waiting for {deployment_id}: {shown} ({time.monotonic() - t0:.0f}s)")
-            await asyncio.sleep(1.0)
-        raise SystemExit(f"\nno replica of {deployment_id} became ready in {timeout:.0f}s")
-    finally:
-        await nc.close()
+    while time.monotonic() - t0 < timeout:
+        try:
+            dep = client.deployment(model, deployment_id)
+        except BasaltError as e:  # the control plane busy or restarting: poll again
+            _progress(f"waiting for {deployment_id}: {e} ({time.monotonic() - t0:.0f}s)")
+            time.sleep(1.0)
+            continue
+        if dep.active_replica_count >= 1:
+            _progress(f"replica ready after {time.monotonic() - t0:.0f}s\n")
+            return
+        if dep.health.state in STOPPED_STATES:
+            raise SystemExit(f"\n{deployment_id}: {health_text(dep)}\n(`basalt logs mcm` and "
+                             "`basalt status` say more; fix the deployment file and run again)")
+        shown = ", ".join(r.state for r in dep.replicas) or dep.health.state or "starting"
+        if dep.health.reason:
+            shown += f" ({dep.health.reason})"
+        _progress(f"waiting for {deployment_id}: {shown} ({time.monotonic() - t0:.0f}s)")
+        time.sleep(1.0)
+    raise SystemExit(f"\nno replica of {deployment_id} became ready in {timeout:.0f}s")
 
 
 async def _make_keys(nats_url: str, auth: bus.NatsAuth) -> tuple[str, str]:
@@ -139,18 +144,32 @@ async def _make_keys(nats_url: str, auth: bus.NatsAuth) -> tuple[str, str]:
         await nc.close()
 
 
+def _stop_on_sigterm(*_: object) -> None:
+    """`basalt down` (SIGTERM) stops the stack as Ctrl-C does, at any point of the start."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the stop itself is not interrupted
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
     ns = _args(argv)
     from basalt import deployfile
     from basalt.weights import local_path
-    from basalt_cli import ctl
+    from basalt_cli.deploying import apply
     from basalt_tools.tinymodel import make_tiny_model
 
     state = ns.state_dir.resolve()
-    print("building the tiny model if missing ...", flush=True)
-    make_tiny_model(state / "models" / "tiny-llama")
-    stack = Stack(state)
+    if (other := local.running(state)) is not None:
+        print(f"basalt up: a stack is running on {state} already (pid {other.pid}); "
+              "`basalt down` stops it", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    local.write_pid_file(state, {"nats": ns.nats_port, "http": ns.http_port,
+                                 "grpc": ns.grpc_port, "mcm": ns.mcm_port})
+    stack, rc = Stack(state), 0
     try:
+        print("building the tiny model if missing ...", flush=True)
+        make_tiny_model(state / "models" / "tiny-llama")
         secrets_dir = state / "secrets"
         tls = make_tls_files(secrets_dir / "tls") if ns.nats_tls else None
         if ns.nats_cluster < 1:
@@ -183,9 +202,7 @@ def main(argv: list[str]) -> int:
             for p in (d.model_path, *(x.path for x in d.loras),
                       local_path(d.weights.uri) if d.weights else "")
             if p)})
-        for f in ("coldstart.ready.json", "mcm.ready.json", "router.ready.json",
-                  "autoscaler.ready.json"):
-            (state / f).unlink(missing_ok=True)
+        _remove_ready_files(state)
         # The node's weight cache first: the control plane asks it for the weights before it
         # starts a replica (node "local" = the local provider's cluster).
         stack.start("coldstart", ["services.coldstart", "--nats-url", url, "--node", "local",
@@ -204,6 +221,8 @@ def main(argv: list[str]) -> int:
                             "--ready-file", str(state / "mcm.ready.json")])
         stack.start("router", ["services.router", "--nats-url", url, "--auth",
                                "--http-port", str(ns.http_port), "--grpc-port", str(ns.grpc_port),
+                               *([] if ns.router_metrics_port is None
+                                 else ["--metrics-port", str(ns.router_metrics_port)]),
                                "--nats-creds", str(creds("router")),
                                "--replica-secret-file", str(replica_secret), *tls_args,
                                "--ready-file", str(state / "router.ready.json")])
@@ -211,38 +230,50 @@ def main(argv: list[str]) -> int:
                                    "--nats-creds", str(creds("autoscaler")),
                                    "--replica-secret-file", str(replica_secret), *tls_args,
                                    "--ready-file", str(state / "autoscaler.ready.json")])
-        stack.wait_file("coldstart", state / "coldstart.ready.json", 60)
-        stack.wait_file("mcm", state / "mcm.ready.json", 60)
-        stack.wait_file("router", state / "router.ready.json", 60)
-        stack.wait_file("autoscaler", state / "autoscaler.ready.json", 60)
+        metrics = {name: stack.wait_file(name, state / f"{name}.ready.json", 60).get("metrics_port")
+                   for name in READY_FILES}
         admin = bus.NatsAuth(str(creds("admin")), tls.ca_file if tls else "")
         key, management_key = asyncio.run(_make_keys(url, admin))
         # Readable by this user only: the inference key for clients, the management key for
         # `basalt status/scale/deploy/...`.
         write_private(state / "api-key", key + "\n")
         write_private(state / "management-key", management_key + "\n")
-        mcm_url = f"http://127.0.0.1:{ns.mcm_port}"
-        ctl.apply(mcm_url, management_key, parsed)
-        dep = parsed.deployments[0]
-        print(f"deployed {dep.id} ({dep.engine}); logs in {stack.logs}", flush=True)
-        if dep.to_record().desired_replicas == 0:  # autoscaled from zero: nothing to wait for
-            print(f"{dep.id} is at 0 replicas: the first request wakes it (it is parked "
-                  "meanwhile); `basalt status` shows the autoscaler's decisions", flush=True)
-        else:
-            asyncio.run(_wait_ready(url, admin, dep.id, ns.ready_timeout))
-        _banner(ns, key, dep.model)
+        with Client(f"http://127.0.0.1:{ns.mcm_port}", management_key) as client:
+            apply(client, parsed)
+            dep = parsed.deployments[0]
+            print(f"deployed {dep.id} ({dep.engine}); logs in {stack.logs}", flush=True)
+            if dep.to_record().desired_replicas == 0:  # autoscaled from zero: nothing to wait for
+                print(f"{dep.id} is at 0 replicas: the first request wakes it (it is parked "
+                      "meanwhile); `basalt status` shows the autoscaler's decisions", flush=True)
+            else:
+                _wait_ready(client, dep.model, dep.id, ns.ready_timeout)
+        _banner(ns, key, dep.model, metrics)
         _wait_for_ctrl_c()
     except KeyboardInterrupt:
         pass
+    except SystemExit as e:  # a service or the deployment failed: say why before stopping
+        print(f"\n{e.code}" if isinstance(e.code, str) else "", file=sys.stderr, flush=True)
+        rc = 1
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("\nstopping ...", flush=True)
         stack.stop()
-        print("stopped; nothing left running.")
-    return 0
+        _remove_ready_files(state)
+        local.remove_pid_file(state)
+        print("stopped; nothing left running.", flush=True)
+    return rc
 
 
-def _banner(ns: argparse.Namespace, key: str, model: str) -> None:
+def _remove_ready_files(state: Path) -> None:
+    """The services' ready files say "serving, on these ports": gone with the services."""
+    for name in READY_FILES:
+        (state / f"{name}.ready.json").unlink(missing_ok=True)
+
+
+def _banner(ns: argparse.Namespace, key: str, model: str, metrics: dict[str, int | None]) -> None:
     base = f"http://127.0.0.1:{ns.http_port}/v1"
+    ports = "  ".join(f"{name} :{port}" for name, port in metrics.items() if port)
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}],
                        "max_tokens": 16})
     print(f"""
@@ -251,21 +282,15 @@ basalt is up.
   KServe v2 gRPC:   127.0.0.1:{ns.grpc_port}
   Deployments API:  http://127.0.0.1:{ns.mcm_port}/v1
   API key:          {key}   (inference; the management key is in {ns.state_dir.resolve() / "management-key"})
+  Metrics:          {ports}   (Prometheus; replicas': `basalt status`)
 
 Try it:
   curl -s {base}/chat/completions -H "Authorization: Bearer {key}" -H "Content-Type: application/json" -d '{body}'
 
-Ctrl-C stops everything.""", flush=True)
+Ctrl-C stops everything (so does `basalt down` from another terminal).""", flush=True)
 
 
 def _wait_for_ctrl_c() -> None:
-    stop = False
-
-    def handler(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    while not stop:
+    """Until Ctrl-C or `basalt down` (SIGTERM): both raise KeyboardInterrupt here."""
+    while True:
         time.sleep(0.2)
