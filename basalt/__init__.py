@@ -2,10 +2,14 @@
 
 Contracts (`pb`, `subjects`, `ids`, `kvevents`), the bus (`bus`), typed settings (`config`),
 logging (`log`), metrics (`metrics`), API keys (`apikeys`), deployment files (`deployfile`),
-tokenizers (`tokenizer`) and the KServe v2 codec (`kserve`).
+a deployment's engine args (`engine_settings`: stored form and where each goes;
+`engine_check` and `vllm_args`: checked by the engine's own parser), a failed start in one
+line (`startfail`), tokenizers (`tokenizer`), the KServe v2 codec (`kserve`) and the
+management SDK (`client`).
 """
 
 __all__ = [
-    "apikeys", "bus", "config", "deployfile", "ids", "kserve", "kvevents", "log", "metrics", "pb",
-    "subjects", "tokenizer",
+    "apikeys", "bus", "client", "config", "deployfile", "engine_check", "engine_settings", "ids",
+    "kserve", "kvevents", "log", "metrics", "pb", "startfail", "subjects", "tokenizer",
+    "vllm_args",
 ]

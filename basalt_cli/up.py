@@ -280,7 +280,8 @@ def _banner(ns: argparse.Namespace, key: str, model: str, metrics: dict[str, int
 basalt is up.
   OpenAI base URL:  {base}
   KServe v2 gRPC:   127.0.0.1:{ns.grpc_port}
-  Deployments API:  http://127.0.0.1:{ns.mcm_port}/v1
+  Deployments API:  http://127.0.0.1:{ns.mcm_port}/v1   (OpenAPI: /docs)
+  Dashboard:        http://127.0.0.1:{ns.mcm_port}/dashboard   (sign in with the management key)
   API key:          {key}   (inference; the management key is in {ns.state_dir.resolve() / "management-key"})
   Metrics:          {ports}   (Prometheus; replicas': `basalt status`)
 

@@ -334,10 +334,16 @@ class Dispatcher:
 
     async def _with_failover(
         self, route: Route, prompt: Sequence[int], ctx: RequestContext, summary: RequestSummary,
-        open_call: Callable[[runtime_pb2_grpc.RuntimeStub], Any],
+        open_call: Callable[[runtime_pb2_grpc.RuntimeStub], Any], buffered: bool = False,
     ) -> AsyncGenerator[Any, None]:
         """The one failover loop of generate and predict (rules in core/failover.py): pick a
-        replica, stream its call; on a failure before the first response, try another."""
+        replica, stream its call; on a failure before the first response, try another.
+
+        `buffered` (the caller answers only once the whole output is there: a request that
+        does not stream): each call's responses are held until it ends, so a replica that
+        fails part-way has sent the client nothing and the request is retried elsewhere, from
+        the start, like one that failed before its first response. `summary.ttft_ms` is then
+        the first response of the call that completed."""
         tried: set[str] = set()
         for _ in range(MAX_ATTEMPTS):
             decision, blocks = await self._acquire(route, prompt, ctx, tried)
@@ -347,10 +353,18 @@ class Dispatcher:
             metrics.ROUTED.labels(deployment=route.deployment_id, replica=rid).inc()
             tried.add(rid)
             started = False
+            held: list[Any] = []
             call = self._call(rid, ctx, blocks, open_call)
             try:
                 async for resp in call:
+                    if buffered:
+                        if not held:
+                            summary.ttft_ms = (time.monotonic() - ctx.arrived) * 1000
+                        held.append(resp)
+                        continue
                     started = True
+                    yield resp
+                for resp in held:
                     yield resp
                 return
             except grpc.aio.AioRpcError as e:
@@ -401,9 +415,10 @@ class Dispatcher:
 
     async def generate(
         self, route: Route, prompt: Sequence[int], sampling: runtime_pb2.SamplingParams,
-        ctx: RequestContext,
+        ctx: RequestContext, buffered: bool = False,
     ) -> AsyncGenerator[runtime_pb2.GenerateResponse, None]:
-        """Stream from the chosen replica; retry elsewhere if it fails before the first token.
+        """Stream from the chosen replica; retry elsewhere if it fails before the first token
+        (`buffered`, for an answer sent whole: before the last one; see _with_failover).
         Closed early (the client left), it ends its call at once and records `cancelled`."""
         out = RequestSummary(prompt_tokens=len(prompt))
         request = runtime_pb2.GenerateRequest(
@@ -413,12 +428,12 @@ class Dispatcher:
         started = False
         self.demand.arrive(route.deployment_id, ctx.request_id, len(prompt), time.monotonic())
         responses = self._with_failover(route, prompt, ctx, out,
-                                        lambda stub: stub.Generate(request))
+                                        lambda stub: stub.Generate(request), buffered)
         try:
             async for resp in responses:
                 if not started:
                     started = True
-                    out.ttft_ms = (time.monotonic() - ctx.arrived) * 1000
+                    out.ttft_ms = out.ttft_ms or (time.monotonic() - ctx.arrived) * 1000
                 out.completion_tokens += len(resp.token_ids)
                 self.demand.generated(route.deployment_id, ctx.request_id, len(resp.token_ids),
                                       time.monotonic())

@@ -297,7 +297,9 @@ class RouterKServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         if not prompt:
             raise BadRequest("input 'text_input' is empty")
         shaper = codec.TextResponses(call, streaming)
-        stream = self.dispatcher.generate(route, prompt, call.sampling, ctx)
+        # ModelInfer answers once, whole: a replica failing part-way is retried elsewhere.
+        stream = self.dispatcher.generate(route, prompt, call.sampling, ctx,
+                                          buffered=not streaming)
         # Read to the end: the request record then says "ok".
         async with closing_stream(stream) as chunks:
             async for chunk in chunks:

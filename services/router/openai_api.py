@@ -225,7 +225,9 @@ async def _serve(
     ctx = _context(state, request)
     if ctx.access is not None:
         ctx.access.stream = bool(body.stream)
-    stream = state.dispatcher.generate(route, prompt, _sampling(body, max_tokens), ctx)
+    # Not streamed: the answer is sent whole, so a replica failing part-way is retried.
+    stream = state.dispatcher.generate(route, prompt, _sampling(body, max_tokens), ctx,
+                                       buffered=not body.stream)
     fmt = _Format(ctx.request_id, body.model, chat)
     try:
         first = await anext(stream)  # errors before the first token become HTTP errors

@@ -69,6 +69,11 @@ def mcm(nats_server: NatsServer, tmp_path: Path):  # type: ignore[no-untyped-def
     try:
         yield proc
     finally:
+        # The nats-server is the session's: leave no deployment for the next test to start.
+        with httpx.Client(base_url=proc.base_url, timeout=30) as api:
+            for m in api.get("/v1/models").json()["models"]:
+                if m["name"].startswith("d2-"):
+                    api.delete(f"/v1/models/{m['name']}")
         proc.terminate()
         kill_runtimes(proc.owner)
 
@@ -79,34 +84,34 @@ def test_a_replica_that_cannot_start_is_failed_with_its_first_error_and_stops(
     (model / "model").mkdir(parents=True)
     (model / "model" / "model.py").write_text(BROKEN_MODEL)
     with httpx.Client(base_url=mcm.base_url, timeout=30) as api:
-        r = api.post("/v1/models/broken/deployments", json={
-            "id": "broken-v1", "engine": "python", "model_path": str(model), "replicas": 1,
+        r = api.post("/v1/models/d2-broken/deployments", json={
+            "id": "d2-broken-v1", "engine": "python", "model_path": str(model), "replicas": 1,
             "engine_args": {"heartbeat_interval": "0.5"}})
         assert r.status_code == 201, r.text
-        path = "/v1/models/broken/deployments/broken-v1"
+        path = "/v1/models/d2-broken/deployments/d2-broken-v1"
         health = _until(lambda: (h := api.get(path).json()["health"])["state"] == "failed" and h,
                         timeout=120)
         assert health["failures"] == 3
         assert "ValueError: weights file missing: /nowhere/w.bin" in health["first_error"]
         assert "3 replicas in a row failed to start" in health["reason"]
         assert "RuntimeError: Event loop is closed" not in health["reason"]
-        logs = sorted(mcm.state_dir.glob("broken-v1-*.log"))
+        logs = sorted(mcm.state_dir.glob("d2-broken-v1-*.log"))
         assert len(logs) == 3
         time.sleep(3.0)  # the backoff would have launched again by now: it must not
-        assert len(sorted(mcm.state_dir.glob("broken-v1-*.log"))) == 3, "it stopped looping"
+        assert len(sorted(mcm.state_dir.glob("d2-broken-v1-*.log"))) == 3, "it stopped looping"
         assert not runtimes(mcm.owner)
         # The model list shows it too (what `basalt status` reads).
         listed = api.get("/v1/models").json()["models"][0]["deployments"][0]
         assert listed["health"]["state"] == "failed"
         # activate asks again: the failures are forgotten and a replica is launched.
         assert api.post(path + "/activate").status_code == 200
-        _until(lambda: len(sorted(mcm.state_dir.glob("broken-v1-*.log"))) > 3, timeout=30)
+        _until(lambda: len(sorted(mcm.state_dir.glob("d2-broken-v1-*.log"))) > 3, timeout=30)
 
 
 def test_a_deploy_no_cluster_can_take_says_why_in_its_answer(mcm: McmProcess) -> None:
     with httpx.Client(base_url=mcm.base_url, timeout=30) as api:
         t0 = time.monotonic()
-        r = api.post("/v1/models/big/deployments", json=_sim("big-v1", accelerator_count=5))
+        r = api.post("/v1/models/d2-big/deployments", json=_sim("d2-big-v1", accelerator_count=5))
         assert r.status_code == 201, r.text
         assert time.monotonic() - t0 < 5.0
         health = r.json()["health"]
@@ -118,9 +123,9 @@ def test_put_applies_every_field_and_rolls_replicas_without_losing_a_request(
         mcm: McmProcess, nats_server: NatsServer, tmp_path: Path) -> None:
     router = RouterProcess(nats_server.url, tmp_path, name="router-day-two").start()
     api = httpx.Client(base_url=mcm.base_url, timeout=30)
-    path = "/v1/models/chat/deployments/chat-v1"
+    path = "/v1/models/d2-chat/deployments/d2-chat-v1"
     try:
-        body = _sim("chat-v1")
+        body = _sim("d2-chat-v1")
         r = api.put(path, json=body)
         assert r.status_code == 201 and r.json()["created"], r.text
         _until(lambda: api.get(path).json()["active_replica_count"] == 1)
@@ -153,7 +158,7 @@ def test_put_applies_every_field_and_rolls_replicas_without_losing_a_request(
             with httpx.Client(timeout=30) as c:
                 while not stop.is_set():
                     resp = c.post(router.base_url + "/v1/completions", json={
-                        "model": "chat", "prompt": "hello there", "max_tokens": 4})
+                        "model": "d2-chat", "prompt": "hello there", "max_tokens": 4})
                     results.append(resp.status_code)
 
         workers = [threading.Thread(target=load) for _ in range(2)]
@@ -192,33 +197,33 @@ def test_put_applies_every_field_and_rolls_replicas_without_losing_a_request(
 def test_delete_and_deactivate_leave_no_replica_and_no_record(
         mcm: McmProcess, nats_server: NatsServer) -> None:
     with httpx.Client(base_url=mcm.base_url, timeout=30) as api:
-        for dep in ("keep-v1", "gone-v1"):
+        for dep in ("d2-keep-v1", "d2-gone-v1"):
             model = dep.removesuffix("-v1")
             assert api.post(f"/v1/models/{model}/deployments", json=_sim(dep)).status_code == 201
             _until(lambda d=dep, m=model: api.get(
                 f"/v1/models/{m}/deployments/{d}").json()["active_replica_count"] == 1)
-        assert api.post("/v1/models/gone/deployments/gone-v1/scale",
+        assert api.post("/v1/models/d2-gone/deployments/d2-gone-v1/scale",
                         json={"replicas": 1}).status_code == 200
-        assert "gone-v1" in keys(nats_server.url, subjects.SCALE_APPLIED_BUCKET)
+        assert "d2-gone-v1" in keys(nats_server.url, subjects.SCALE_APPLIED_BUCKET)
 
-        r = api.post("/v1/models/keep/deployments/keep-v1/deactivate")
+        r = api.post("/v1/models/d2-keep/deployments/d2-keep-v1/deactivate")
         assert r.status_code == 200 and r.json()["health"]["state"] == "inactive"
-        r = api.delete("/v1/models/gone")
-        assert r.status_code == 200 and r.json()["deployments"] == ["gone-v1"]
+        r = api.delete("/v1/models/d2-gone")
+        assert r.status_code == 200 and r.json()["deployments"] == ["d2-gone-v1"]
 
         def clean() -> bool:  # (the nats-server is the session's: other tests' keys are there)
             replicas = {k for k in keys(nats_server.url, subjects.REPLICAS_BUCKET)
-                        if k.startswith(("keep-v1-", "gone-v1-"))}
+                        if k.startswith(("d2-keep-v1-", "d2-gone-v1-"))}
             return not runtimes(mcm.owner) and not replicas
         _until(clean, timeout=60)
         left = keys(nats_server.url, subjects.DEPLOYMENTS_BUCKET)
-        assert "keep-v1" in left and "gone-v1" not in left
+        assert "d2-keep-v1" in left and "d2-gone-v1" not in left
         assert not {k for k in keys(nats_server.url, subjects.ENVIRONMENTS_BUCKET)
-                    if k.startswith("gone.")}
-        assert "gone-v1" not in keys(nats_server.url, subjects.SCALE_APPLIED_BUCKET)
-        assert api.get("/v1/models/gone").status_code == 404
+                    if k.startswith("d2-gone.")}
+        assert "d2-gone-v1" not in keys(nats_server.url, subjects.SCALE_APPLIED_BUCKET)
+        assert api.get("/v1/models/d2-gone").status_code == 404
         listed = {m["name"] for m in api.get("/v1/models").json()["models"]}
-        assert listed == {"keep"}
+        assert "d2-keep" in listed and "d2-gone" not in listed
 
 
 @pytest.mark.vllm
@@ -240,14 +245,15 @@ def test_a_deployment_the_engine_cannot_run_is_refused_at_deploy_time_with_its_f
     ]
     with httpx.Client(base_url=mcm.base_url, timeout=60) as api:
         for i, (fields, param, message) in enumerate(cases):
-            r = api.put(f"/v1/models/bad/deployments/bad-{i}", json={"id": f"bad-{i}", **fields})
+            r = api.put(f"/v1/models/d2-bad/deployments/d2-bad-{i}",
+                        json={"id": f"d2-bad-{i}", **fields})
             assert r.status_code == 422, (fields, r.text)
             error = r.json()["error"]
             assert error["param"] == param and message in error["message"], (fields, error)
-        assert api.get("/v1/models/bad").status_code == 404, "nothing was written"
+        assert api.get("/v1/models/d2-bad").status_code == 404, "nothing was written"
         # YAML-natural values pass: an int that is not quoted, a bool, a nested config.
-        ok = {"id": "good", "engine": "vllm", "model_path": str(tiny_model), "replicas": 0,
+        ok = {"id": "d2-good", "engine": "vllm", "model_path": str(tiny_model), "replicas": 0,
               "engine_args": {"max-model-len": 512, "enforce_eager": True, "max_lora_rank": 16}}
-        r = api.put("/v1/models/good/deployments/good", json=ok)
+        r = api.put("/v1/models/d2-good/deployments/d2-good", json=ok)
         assert r.status_code == 201, r.text
     assert not runtimes(mcm.owner), "nothing started"

@@ -267,14 +267,11 @@ def test_failover_when_a_replica_is_killed_under_load(nats_server: NatsServer, t
                 return await asyncio.gather(*tasks)
 
         results = asyncio.run(load())
-        ok = [r for r in results if r.status_code == 200]
         failed = [r for r in results if r.status_code != 200]
-        # Round robin: half went to fo-b and all of those succeed, as do fo-a's that had not
-        # started streaming (retried on fo-b); how many of fo-a's had started depends on the
-        # machine's load at the kill, so only that half is a floor.
-        assert len(ok) >= 15, [r.text for r in failed]
-        for r in failed:  # only requests already streaming may fail, and say why
-            assert r.json()["error"]["type"] in ("replica_error", "service_unavailable")
+        # Round robin: half went to fo-a. None of these requests streams: the client is sent
+        # nothing before the whole answer, so those fo-a was generating when it died are
+        # retried on fo-b from the start, like those it had not begun: every one succeeds.
+        assert not failed, [r.text for r in failed]
         after = [_served_by(router, "fo", f"after {i}")[0] for i in range(4)]
         assert set(after) == {"fo-b"}
     finally:
