@@ -52,7 +52,7 @@ bench-routing: setup
 # .basalt/models and the virtualenv (refused while `basalt up` runs: `basalt down` first).
 clean:
 	@if [ -x $(VENV)/bin/basalt ]; then $(VENV)/bin/basalt reset --yes; \
-	elif [ -d .basalt ]; then find .basalt -mindepth 1 -maxdepth 1 ! -name models -exec rm -rf {} +; fi
+	elif [ -d .basalt ]; then find .basalt -mindepth 1 -maxdepth 1 ! -name models ! -name coldstart -exec rm -rf {} +; fi
 	rm -rf .pytest_cache
 
 # Everything `make setup` and `basalt up` made: the virtualenv, the models, all state.

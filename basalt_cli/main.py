@@ -26,7 +26,7 @@ commands:
   up                 start the local stack (basalt up --help)
   mcm                run the control plane (basalt mcm --help)
   down               stop the `basalt up` running in another terminal
-  reset              remove the local stack's state (keeps the models and the virtualenv)
+  reset              remove the local stack's state (keeps the models, the weight cache and the virtualenv)
   deploy FILE        create or update the deployments in a file (--wait: until they serve it)
   status             deployments (with health), replicas and metrics ports, as tables
   scale DEP N        set a deployment's desired replicas

@@ -16,8 +16,10 @@ from pathlib import Path
 PID_FILE = "up.pid"
 # What `basalt up` and its services keep in the state dir, all of which `reset` removes;
 # `models` (built or copied weights) stays, and anything not named here is left alone.
-STATE_ENTRIES = ("nats", "mcm", "logs", "secrets", "coldstart", "api-key", "management-key",
-                 PID_FILE)
+# What `reset` removes. Kept: `models` and `coldstart` (the node's weight cache: checked,
+# content-addressed copies of weights, costly to fetch again; it republishes what it holds
+# when it starts, so a cleared NATS learns it back).
+STATE_ENTRIES = ("nats", "mcm", "logs", "secrets", "api-key", "management-key", PID_FILE)
 STATE_GLOBS = ("*.ready.json", "*.ready.tmp", "*.tmp")
 SERVICES = ("mcm", "router", "autoscaler", "coldstart")
 
@@ -114,8 +116,8 @@ def state_entries(state: Path) -> list[Path]:
 
 def reset(state: Path, yes: bool, ask: Callable[[str], str] = input,
           out: Callable[[str], None] = print) -> int:
-    """Remove the local stack's state (NATS data, control-plane state, logs, keys, secrets,
-    the weight cache), keeping `models`; refused while a stack runs on it."""
+    """Remove the local stack's state (NATS data, control-plane state, logs, keys, secrets),
+    keeping `models` and the weight cache; refused while a stack runs on it."""
     if (info := running(state)) is not None:
         out(f"basalt reset: a stack is running on {state} (pid {info.pid}): `basalt down` first")
         return 1
@@ -126,7 +128,8 @@ def reset(state: Path, yes: bool, ask: Callable[[str], str] = input,
     names = ", ".join(p.name for p in entries)
     if not yes:
         try:
-            answer = ask(f"remove {names} from {state} (models are kept)? [y/N] ")
+            answer = ask(f"remove {names} from {state} (models and the weight cache are "
+                         "kept)? [y/N] ")
         except EOFError:
             answer = ""
         if answer.strip().lower() not in ("y", "yes"):
@@ -137,7 +140,7 @@ def reset(state: Path, yes: bool, ask: Callable[[str], str] = input,
             shutil.rmtree(p)
         else:
             p.unlink(missing_ok=True)
-    out(f"removed {names} from {state}; kept models")
+    out(f"removed {names} from {state}; kept models and the weight cache")
     return 0
 
 

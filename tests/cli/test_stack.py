@@ -93,13 +93,13 @@ def _state(tmp_path: Path) -> Path:
     return state
 
 
-def test_reset_keeps_models_and_what_it_does_not_know(tmp_path: Path) -> None:
+def test_reset_keeps_models_the_weight_cache_and_what_it_does_not_know(tmp_path: Path) -> None:
     state = _state(tmp_path)
     said: list[str] = []
     assert stack.reset(state, yes=False, ask=lambda _: "n", out=said.append) == 1
     assert (state / "nats").exists() and said == ["nothing removed"]
     assert stack.reset(state, yes=True, out=said.append) == 0
-    assert sorted(p.name for p in state.iterdir()) == ["models", "notes.txt"]
+    assert sorted(p.name for p in state.iterdir()) == ["coldstart", "models", "notes.txt"]
     assert (state / "models" / "tiny-llama" / "config.json").exists()
     assert stack.reset(state, yes=True, out=said.append) == 0 and said[-1].startswith("nothing")
 

@@ -134,7 +134,7 @@ def test_down_stops_up_from_another_terminal_and_reset_clears_its_state(
 
     out = _cli("reset", "--yes", "--state-dir", str(state))
     assert out.returncode == 0, out.stdout + out.stderr
-    assert sorted(p.name for p in state.iterdir()) == ["models"]
+    assert sorted(p.name for p in state.iterdir()) == ["coldstart", "models"]
     assert (state / "models" / "tiny-llama" / "config.json").exists()
 
 
