@@ -6,7 +6,9 @@ what is measured. Load comes from separate client processes (asyncio + httpx, ke
 each holding `--concurrency` streams open), so the client's own CPU is not the router's. The
 figure is completed streamed requests ÷ CPU seconds the router's processes used (user +
 system, from /proc), so it reads the same whatever else shares the machine; wall req/s is
-reported beside it. Each run is one row: `--workers` 1, 2, ... side by side.
+reported beside it. Each run is one row: `--workers` 1, 2, ... side by side, each with the
+access log on (one JSON line per request written to the router's log, `--log-level info`) or
+off (`--no-access-log --log-level warning`), as `--access-log` asks.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class Row:
     requests: int
     errors: int
     router_cpu_s: float
+    access_log: bool = False
 
     @property
     def req_per_s(self) -> float:
@@ -112,16 +115,19 @@ def _replicas(args: argparse.Namespace, nats: NatsServer, tmp: Path
     return procs
 
 
-def _one(workers: int, args: argparse.Namespace, nats: NatsServer, tmp: Path) -> Row:
+def _one(workers: int, args: argparse.Namespace, nats: NatsServer, tmp: Path,
+         access_log: bool = False) -> Row:
     deps = tmp / "deployments.json"
     deps.write_text(json.dumps({"deployments": [
         {"id": f"{MODEL}-v1", "model": MODEL, "engine": "sim", "routing_policy": "kv"}],
         "environments": []}))
-    ready, log = tmp / f"router-{workers}.json", tmp / f"router-{workers}.log"
+    name = f"router-{workers}-{'log' if access_log else 'nolog'}"
+    ready, log = tmp / f"{name}.json", tmp / f"{name}.log"
+    logging = ["--log-level", "info"] if access_log else ["--no-access-log", "--log-level",
+                                                           "warning"]
     router = _spawn(["services.router", "--nats-url", nats.url, "--http-port", "0",
                      "--grpc-port", "0", "--metrics-port", "0", "--deployments-file", str(deps),
-                     "--workers", str(workers), "--ready-file", str(ready),
-                     "--log-level", "warning"], log)
+                     "--workers", str(workers), "--ready-file", str(ready), *logging], log)
     try:
         info = _wait_file(ready, router, log, 90)
         pids = [router.pid, *info.get("pids", [])]
@@ -131,7 +137,8 @@ def _one(workers: int, args: argparse.Namespace, nats: NatsServer, tmp: Path) ->
         results = _clients(url, args, args.seconds)
         seconds, cpu = time.monotonic() - t0, cpu_seconds(pids) - cpu0
         return Row(workers, args.clients, args.concurrency, args.max_tokens, seconds,
-                   sum(r["done"] for r in results), sum(r["errors"] for r in results), cpu)
+                   sum(r["done"] for r in results), sum(r["errors"] for r in results), cpu,
+                   access_log)
     finally:
         router.terminate()
         try:
@@ -150,13 +157,13 @@ def _clients(url: str, args: argparse.Namespace, seconds: float) -> list[dict]:
 def format_table(rows: list[Row], command: str) -> str:
     lines = [f"Command: `{command}`  ", (f"Machine: {machine_line()}; simulator replicas at "
              "time scale 0.0001 (they answer at once); clients in their own processes."), "",
-             ("| router workers | clients × streams | tokens per request | requests | errors "
-             "| wall req/s | router CPU s | streamed req/s per router core |"),
-             "|---|---|---|---|---|---|---|---|"]
+             ("| router workers | access log | clients × streams | tokens per request | requests "
+              "| errors | wall req/s | router CPU s | streamed req/s per router core |"),
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.workers} | {r.clients} × {r.concurrency} | {r.max_tokens} | "
-                     f"{r.requests} | {r.errors} | {r.req_per_s:.0f} | {r.router_cpu_s:.1f} | "
-                     f"{r.req_per_core_s:.0f} |")
+        lines.append(f"| {r.workers} | {'on' if r.access_log else 'off'} | {r.clients} × "
+                     f"{r.concurrency} | {r.max_tokens} | {r.requests} | {r.errors} | "
+                     f"{r.req_per_s:.0f} | {r.router_cpu_s:.1f} | {r.req_per_core_s:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -168,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16, help="streams per client")
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--access-log", default="on", choices=("on", "off", "both"),
+                   help="the router's access log per row (both: an off and an on row per "
+                        "worker count, side by side)")
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
     p.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     args = p.parse_args(argv)
@@ -178,9 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         replicas: list[subprocess.Popen[bytes]] = []
         try:
             replicas = _replicas(args, nats, work)
+            logs = {"on": (True,), "off": (False,), "both": (False, True)}[args.access_log]
             for w in (int(x) for x in args.workers.split(",")):
-                rows.append(_one(w, args, nats, work))
-                print(format_table(rows[-1:], "").splitlines()[-1], flush=True)
+                for access_log in logs:
+                    rows.append(_one(w, args, nats, work, access_log))
+                    print(format_table(rows[-1:], "").splitlines()[-1], flush=True)
         finally:
             for proc in replicas:
                 proc.terminate()
