@@ -26,8 +26,13 @@ $(TINY_MODEL)/config.json: $(STAMP)
 up: setup
 	$(VENV)/bin/basalt up
 
-test: setup lint
-	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
+# Debian's chromium (the dashboard test's browser) installs in the background while the
+# lint and the suite run: on a fresh machine its download overlaps them; the test waits for
+# it (basalt_tools/chromium.py). `wait` leaves nothing running.
+test: setup
+	@$(PY) -m basalt_tools.chromium 2>/dev/null & browser=$$!; \
+	$(MAKE) --no-print-directory lint && $(VENV)/bin/pytest -q -ra $(PYTEST_ARGS); \
+	rc=$$?; wait $$browser; exit $$rc
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not integration and not vllm" $(PYTEST_ARGS)

@@ -1,9 +1,9 @@
 """A real headless Chromium for tests, driven over the Chrome DevTools Protocol (does I/O:
 installs Debian's `chromium` when missing, starts the browser, talks CDP over its websocket).
 
-`chromium_path()` finds the browser, or installs it (`apt-get install -y chromium` as root,
-`sudo -n apt-get ...` otherwise: idempotent, so a fresh machine's `make test` sets it up
-itself), or skips the test naming why it could not. `Browser` starts it in its own process
+`chromium_path()` finds the browser, or installs it (basalt_tools/chromium.py: `apt-get
+install -y chromium` as root, `sudo -n apt-get ...` otherwise; idempotent, so a fresh
+machine's `make test` sets it up itself), or skips the test naming why it could not. `Browser` starts it in its own process
 group (so every renderer and helper goes with it) and `Page` sends CDP commands to one tab.
 """
 
@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -28,51 +27,17 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-PACKAGE = "chromium"
+from basalt_tools import chromium
+
 _DEVTOOLS = re.compile(r"DevTools listening on (ws://\S+)")
 
 
-def _found() -> str | None:
-    explicit = os.environ.get("BASALT_CHROMIUM")
-    if explicit:
-        return explicit
-    return next((p for n in NAMES if (p := shutil.which(n))), None)
-
-
-def _apt(prefix: list[str], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    return subprocess.run([*prefix, "apt-get", *args], capture_output=True, text=True,
-                          env=env, timeout=900, check=False)
-
-
-def install_chromium() -> str:
-    """Install Debian's chromium when it is missing; the reason why not when it cannot be."""
-    if shutil.which("apt-get") is None:
-        return "no apt-get on this machine: install chromium (or set BASALT_CHROMIUM)"
-    if os.geteuid() == 0:
-        prefix: list[str] = []
-    elif shutil.which("sudo") is not None:
-        prefix = ["sudo", "-n"]
-    else:
-        return "not root and no sudo: install chromium (or set BASALT_CHROMIUM)"
-    done = _apt(prefix, "install", "-y", "--no-install-recommends", PACKAGE)
-    if done.returncode != 0:  # stale package lists: update once and try again
-        _apt(prefix, "update")
-        done = _apt(prefix, "install", "-y", "--no-install-recommends", PACKAGE)
-    if done.returncode != 0:
-        return f"apt-get install {PACKAGE} failed: {done.stderr.strip()[-300:]}"
-    return ""
-
-
 def chromium_path() -> str:
-    """The browser's path; installs it first when missing; skips when it cannot be had."""
-    path = _found()
+    """The browser's path; installs it first when missing (basalt_tools/chromium.py: waiting
+    for the install `make test` started); skips when it cannot be had."""
+    path, why = chromium.ensure()
     if path is None:
-        why = install_chromium()
-        path = _found()
-        if path is None:
-            pytest.skip(f"headless chromium unavailable: {why or 'not found after install'}")
+        pytest.skip(f"headless chromium unavailable: {why}")
     return path
 
 
