@@ -289,10 +289,6 @@ READ_PAGE = """(() => {
 })()"""
 
 
-def _ms(v: float | None) -> str:
-    return "–" if v is None else f"{v:.1f} ms"
-
-
 async def test_the_dashboard_in_a_real_browser_shows_what_the_api_says(
         stack: Stack, tmp_path: Path) -> None:
     started = time.monotonic()
@@ -342,8 +338,12 @@ async def test_the_dashboard_in_a_real_browser_shows_what_the_api_says(
     assert shown["stats"]["requests"] == str(summary["requests"]) and summary["requests"] >= REQUESTS
     for q in ("p50", "p90", "p99"):
         assert summary["ttft_ms"][q] is not None
-        assert shown["stats"][f"ttft_{q}"] == _ms(summary["ttft_ms"][q])
-        assert shown["stats"][f"itl_{q}"] == _ms(summary["itl_ms"][q])
+        for kind in ("ttft", "itl"):
+            # The page rounds with JS's toFixed(1), Python with round-half-even: a value on a
+            # half (9.25) shows as 9.3 there and 9.2 here, so compare the numbers to 0.05 ms.
+            value, api = shown["stats"][f"{kind}_{q}"], summary[f"{kind}_ms"][q]
+            assert value.endswith(" ms") and abs(float(value[:-3]) - api) <= 0.0501, (
+                kind, q, value, api)
     assert shown["recent"] == min(50, summary["requests"])
     assert {"rate", "ttft", "itl"} <= set(shown["lines"]), "the charts have lines"
     assert shot.stat().st_size > 10_000
