@@ -17,7 +17,6 @@ Both give the ids as `array('I')`, the packed form the router hashes and sends t
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import multiprocessing
 import signal
 from array import array
@@ -26,6 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from basalt.lifeline import die_with_parent
 from basalt.log import get_logger
 from basalt.pb import deploy_pb2
 from basalt.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
@@ -85,12 +85,9 @@ def _child_tokenize(path: str, text: str | None, messages: Messages | None) -> b
 
 
 def _child_init() -> None:
-    """In the helper process: die with the router (Linux prctl PR_SET_PDEATHSIG), so a
-    router killed with SIGKILL leaves no helper behind."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the helper exits when its pipe closes
-        pass
+    """In the helper process: die with the router, so a router killed with SIGKILL leaves no
+    helper behind (not Linux: the helper exits when its pipe closes)."""
+    die_with_parent(signal.SIGKILL)
 
 
 def _child_load(path: str) -> None:

@@ -18,7 +18,6 @@ to the replicas' load reports (which carry everyone's).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -29,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from basalt.lifeline import die_with_parent
 from basalt.log import get_logger
 
 from .config import RouterSettings
@@ -98,13 +98,9 @@ class _Worker:
 
 
 def _die_with_parent() -> None:
-    """In the worker, before exec: SIGTERM when the supervisor dies (Linux prctl), so a
-    killed supervisor leaves no worker behind."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: workers outlive a SIGKILLed supervisor
-        pass
+    """In the worker, before exec: SIGTERM when the supervisor dies, so a killed supervisor
+    leaves no worker behind (not Linux: workers outlive a SIGKILLed supervisor)."""
+    die_with_parent(signal.SIGTERM)
 
 
 def supervise(s: RouterSettings, argv: list[str]) -> int:
