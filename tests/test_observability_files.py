@@ -125,8 +125,9 @@ def _mcm_routes() -> set[str]:
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None,
-                    reason="promtool is not installed (Prometheus' own binary, not on PyPI); "
-                           "the YAML's structure is checked above")
+                    reason="needs promtool, Prometheus' own checker (Debian's `prometheus` "
+                           "package, 96 MB, not on PyPI: make test does not install it); the "
+                           "file's structure and every query's metrics are checked above")
 def test_promtool_accepts_the_scrape_config_and_every_query(tmp_path: Path) -> None:
     key = tmp_path / "key"
     key.write_text("bsk_000000000000.x\n")

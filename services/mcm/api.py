@@ -314,29 +314,24 @@ async def _apply(ctx: _Ctx, model: str, deployment_id: str, body: Any) -> dict:
         return {**view, "created": True, "changes": [], "rollout": False}
     if found.record.model != model:
         raise DeploymentExists(deployment_id)
-    warnings = await _validate(ctx, model, body)
+    warnings = await _validate(ctx, model, body)  # paths and engine checked once, here
     now = time.time()
+    changed: list[Any] = []
+
+    def apply(rec: Record) -> Record:  # re-applied by _update to a fresh read after a race
+        new, found_changes = res.apply_update(rec, model, body, now, existing)
+        changed[:] = found_changes
+        return new
+
     async with ctx.lock:
-        for attempt in range(RETRIES):
-            found = await ctx.store.get(deployment_id)
-            old = res.of_model(found.record if found else None, model, deployment_id)
-            new, changed = res.apply_update(old, model, body, now, await ctx.store.list())
-            _check_paths(ctx, new)
-            if not changed:
-                break
-            try:
-                await ctx.store.update(new, found.revision)  # type: ignore[union-attr]
-                break
-            except RevisionMismatch:
-                await asyncio.sleep(0.005 * (attempt + 1))
-        else:
-            raise WriteConflict(deployment_id, RETRIES)
+        existing = await ctx.store.list()
+        new = await _update(ctx, model, deployment_id, apply)
     if changed:
         await _next_tick(ctx)
     rollout = needs_rollout(changed) and new.status == res.ACTIVE
     log.info("deployment_updated", deployment=deployment_id, model=model,
              changes=[c.field for c in changed], rollout=rollout)
-    return {**await _view(ctx, new if changed else old), "created": False,
+    return {**await _view(ctx, new), "created": False,
             "changes": [c.as_dict() for c in changed], "rollout": rollout, "warnings": warnings}
 
 

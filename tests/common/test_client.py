@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,12 +21,6 @@ from basalt.client import (
 )
 from basalt_tools.natsserver import NatsServer, free_port
 from tests.mcm_process import FAST_SIM_ARGS, McmProcess, kill_runtimes
-
-REPO = Path(__file__).resolve().parents[2]
-# The PUT route (create or update to match a body) lands with issue 11's control-plane part.
-HAS_PUT = "@app.put" in (REPO / "services" / "mcm" / "api.py").read_text()
-NEEDS_PUT = pytest.mark.skipif(not HAS_PUT, reason="needs PUT /v1/models/{m}/deployments/{id} "
-                               "in services/mcm/api.py (issue 11); runs once it exists")
 
 
 def _sim(dep_id: str, replicas: int = 1, **kw: object) -> dict[str, object]:
@@ -174,7 +167,6 @@ async def test_async_client_has_the_same_calls(mcm: McmProcess) -> None:
 
 
 @pytest.mark.integration
-@NEEDS_PUT
 def test_put_creates_then_leaves_alone_then_reports_changes(mcm: McmProcess) -> None:
     with Client(mcm.base_url) as c:
         first = c.apply_deployment("sdk-put", _sim("sdk-put-v1", replicas=0))
