@@ -15,9 +15,9 @@ from basalt import subjects
 from basalt.kvevents import BlockRemoved, BlockStored, batch_from_proto
 from basalt.pb import events_pb2, runtime_pb2, runtime_pb2_grpc
 from basalt_tools.natsserver import NatsServer
+from basalt_tools.vllm_cpu import CPU_FLAGS
 from tests.router_process import RouterProcess, write_deployments
 from tests.runtime_process import RuntimeProcess
-from tests.vllm_cpu import CPU_FLAGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 KV_BYTES = 8 * 2**20  # a small cache (a few hundred 32-token blocks) so eviction happens

@@ -66,8 +66,8 @@ async def _build(name: str, tiny_model: Path) -> tuple[Engine, bool]:
 
         return PythonModelEngine(MODELS / "echo", "echo-served"), False
     pytest.importorskip("vllm")
+    from basalt_tools.vllm_cpu import CPU_SETTINGS
     from services.runtime.engines.vllm import VllmConfig, VllmEngine
-    from tests.vllm_cpu import CPU_SETTINGS
 
     config = VllmConfig(model=str(tiny_model), served_model_name="tiny", block_size=32,
                         max_model_len=1024, kv_cache_bytes=4 * 2**20, max_num_seqs=4,

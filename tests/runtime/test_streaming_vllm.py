@@ -17,10 +17,10 @@ pytest.importorskip("vllm")
 from prometheus_client import REGISTRY
 
 from basalt.pb import events_pb2, runtime_pb2, runtime_pb2_grpc
+from basalt_tools.vllm_cpu import CPU_SETTINGS
 from services.runtime.engines.vllm import VllmConfig, VllmEngine
 from services.runtime.publisher import KvEventPublisher, LoadReporter
 from services.runtime.server import RuntimeServicer
-from tests.vllm_cpu import CPU_SETTINGS
 
 pytestmark = [pytest.mark.vllm, pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -17,6 +17,7 @@ import psutil  # comes with vllm
 from basalt.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent
 from basalt.tokenizer import load_tokenizer
 from basalt_tools.tinymodel import LORA_NAME
+from basalt_tools.vllm_cpu import CPU_SETTINGS
 from services.runtime.core.engine import (
     Engine,
     EngineInfo,
@@ -27,7 +28,6 @@ from services.runtime.core.engine import (
 )
 from services.runtime.core.errors import InvalidRequest, PromptTooLong, UnknownLora
 from services.runtime.engines.vllm import VllmConfig, VllmEngine
-from tests.vllm_cpu import CPU_SETTINGS
 
 pytestmark = [pytest.mark.vllm, pytest.mark.integration, pytest.mark.timeout(240)]
 
